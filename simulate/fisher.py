@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numba
 import numpy as np
 import torch
 
@@ -120,7 +119,8 @@ class MLRFisher(SymmetricOperator):
         M = np.ascontiguousarray(V.numpy().T.reshape(k, D, C).transpose(0, 2, 1))  # M[j, c, d]
         out = np.empty_like(M)
         outb = np.empty((k, C))
-        product = kernels.curvature_product_par if kernels.chunking(self.num_samples)[0] > 1 and numba.get_num_threads() > 1 else kernels.curvature_product_ser
+        parallel = kernels.use_parallel(self.num_samples, k * C * D)
+        product = kernels.curvature_product_par if parallel else kernels.curvature_product_ser
         product(self._X_np, self._P_np, M, np.zeros((k, C)), out, outb)
         return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 2, 1).reshape(k, D * C).T))
 

@@ -21,10 +21,11 @@ measured at the solution need that accuracy. Inexact Newton: CG stops at a
 relative residual ``min(0.5, sqrt(|g|))`` (superlinear convergence), steps
 are globalised by Armijo backtracking.
 
-The whole loop runs in Numba (:func:`fit_mlr`, kernels parallel over samples)
-and, for many small problems of one shape, one problem per thread
-(:func:`fit_mlr_many`); both give bitwise identical results for the same
-problem whatever the number of threads (see :mod:`simulate.kernels`).
+:func:`fit_mlr` runs the whole loop compiled (serial kernels) for small problems
+and drives the parallel kernels from Python for large ones; :func:`fit_mlr_many`
+solves many small problems of one shape, one compiled problem per thread. All
+paths give bitwise identical results for the same problem, whatever the number
+of threads (fixed chunking, see :mod:`simulate.kernels`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ _STATUS = ("converged", "max_iter", "line_search_failed")
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 40
 _EPS = float(np.finfo(np.float64).eps)
-_PARALLEL_WORK = 1 << 18  # multiply-adds per data pass above which fit_mlr uses the parallel kernels
 
 
 @dataclass(frozen=True)
@@ -297,11 +297,7 @@ def _check_bias(b: Any, num_classes: int, name: str = "b") -> np.ndarray:
 def _run_newton_cg(X, y, W, b, penalty, fit_intercept, tol, max_iter, max_cg):
     """Compiled with serial kernels for small problems; Python-driven parallel kernels for
     large ones (same bits either way, see above)."""
-    N, D = X.shape
-    parallel = (
-        numba.get_num_threads() > 1 and kernels.chunking(N)[0] > 1 and N * W.shape[0] * D >= _PARALLEL_WORK
-    )
-    solve = _newton_cg_parallel if parallel else _newton_cg
+    solve = _newton_cg_parallel if kernels.use_parallel(X.shape[0], X.shape[1] * W.shape[0]) else _newton_cg
     return solve(X, y, W, b, penalty, fit_intercept, tol, max_iter, max_cg)
 
 
@@ -408,7 +404,8 @@ def mlr_loss_grad(
     y = check_labels(labels, X.shape[0], C)
     penalty = _check_settings(penalty, 1.0, 1, 1)[0]
     P, G, gb = np.empty((X.shape[0], C)), np.empty_like(W), np.empty(C)
-    loss = kernels.loss_grad_par(X, y, W, b, P, G, gb)
+    loss_grad = kernels.loss_grad_par if kernels.use_parallel(X.shape[0], X.shape[1] * C) else kernels.loss_grad_ser
+    loss = loss_grad(X, y, W, b, P, G, gb)
     ww, _ = _add_ridge(W, G, gb, penalty, True)
     return float(loss + 0.5 * penalty * ww), G, gb
 
