@@ -45,6 +45,7 @@ __all__ = [
     "mlr_fisher_dense",
     "ExtendedGradients",
     "ExtendedGradientBatch",
+    "CellSums",
     "mlr_extended_gradients",
 ]
 
@@ -182,6 +183,20 @@ class ExtendedGradientBatch(NamedTuple):
 
 
 @dataclass(frozen=True)
+class CellSums:
+    """Per-cell sums of the weighted extended gradients, for cells ``(c, c')`` (class, cross-class):
+    ``sums[c, c'] = sum_{i in c} p_{i,c'} g_{i,c'}`` (C x C x DC), ``weights[c, c'] = P_{c,c'} =
+    sum_{i in c} p_{i,c'}`` (C x C), ``sq_norms[c, c'] = sum_{i in c} p_{i,c'} |g_{i,c'}|^2`` (C x C)
+    and ``counts[c] = n_c`` (C,). Cross-class means are ``sums / weights[..., None]``; with the
+    Fisher operator these determine every part of the decomposition of ``G``."""
+
+    sums: np.ndarray
+    weights: np.ndarray
+    sq_norms: np.ndarray
+    counts: np.ndarray
+
+
+@dataclass(frozen=True)
 class ExtendedGradients:
     """Extended gradients of MLR in factored form: ``g_{i,c'} = x_i (x) (p_i - e_{c'})`` is held
     as ``X`` (N x D), ``probs`` (N x C) and the classes ``labels`` (N,); nothing of size
@@ -217,17 +232,19 @@ class ExtendedGradients:
             y = torch.as_tensor(self.labels[start : start + batch_size]).to(device=device)
             yield ExtendedGradientBatch(v, y, P)
 
-    def cell_sums(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(sums, weights)``: ``sums[c, c'] = sum_{i in c} p_{i,c'} g_{i,c'}`` (C x C x DC) and
-        ``weights[c, c'] = P_{c,c'} = sum_{i in c} p_{i,c'}`` (C x C), without forming any ``g``.
+    def cell_sums(self) -> CellSums:
+        """The per-cell running sums of the class/cross-class decomposition (PAPER.md section 3),
+        computed from the factors without forming any ``g`` (see :class:`CellSums`).
 
         ``sums[c, c']`` is ``vec`` (index ``d*C + f``) of the D x C matrix
-        ``sum_{i in c} p_{i,c'} x_i (p_i - e_{c'})^T = X_c^T diag(P_c[:, c']) P_c - (X_c^T P_c[:, c']) e_{c'}^T``;
-        the cross-class means of PAPER.md section 3 are ``sums / weights[..., None]``.
+        ``sum_{i in c} p_{i,c'} x_i (p_i - e_{c'})^T = X_c^T diag(P_c[:, c']) P_c - (X_c^T P_c[:, c']) e_{c'}^T``,
+        and ``|x (x) r|^2 = |x|^2 |r|^2`` gives the squared norms.
         """
         C, D = self.num_classes, self.X.shape[1]
         sums = np.zeros((C, C, D, C))
         weights = np.zeros((C, C))
+        sq_norms = np.zeros((C, C))
+        eye = np.eye(C)
         for c in range(C):
             Xc, Pc = self.X[self.labels == c], self.probs[self.labels == c]
             if Xc.shape[0] == 0:
@@ -237,7 +254,10 @@ class ExtendedGradients:
             sums[c] = (Xc.T @ outer).reshape(D, C, C).transpose(1, 0, 2)  # [c', d, f]
             XP = Xc.T @ Pc  # [d, c'] = sum_i x_id p_ic'
             sums[c, np.arange(C), :, np.arange(C)] -= XP.T
-        return sums.reshape(C, C, D * C), weights
+            r2 = ((Pc[:, None, :] - eye) ** 2).sum(-1)  # [i, c'] = |p_i - e_c'|^2
+            sq_norms[c] = (Pc * r2 * (Xc**2).sum(1)[:, None]).sum(0)
+        counts = np.bincount(self.labels, minlength=C)
+        return CellSums(sums.reshape(C, C, D * C), weights, sq_norms, counts)
 
     def fisher(self, **operator_kwargs: Any) -> MLRFisher:
         """``G = sum_{i,c'} (p_{i,c'}/N) g_{i,c'} g_{i,c'}^T`` as an operator (see :class:`MLRFisher`)."""

@@ -110,16 +110,20 @@ def test_extended_gradients_are_the_gradients_for_every_label():
 def test_cell_sums_without_materialising():
     data, W, b = _model(n=15)
     ext = mlr_extended_gradients(data.X, W, data.labels, b)
-    sums, weights = ext.cell_sums()
+    cells = ext.cell_sums()
+    sums, weights = cells.sums, cells.weights
     assert sums.shape == (C, C, D * C) and weights.shape == (C, C)
-    ref_s, ref_w = np.zeros_like(sums), np.zeros_like(weights)
+    ref_s, ref_w, ref_q = np.zeros_like(sums), np.zeros_like(weights), np.zeros_like(weights)
     for v, labels, probs in ext.batches(batch_size=8):
         for c in range(C):
             rows = labels == c
             ref_s[c] += torch.einsum("ia,iap->ap", probs[rows], v[rows]).numpy()
             ref_w[c] += probs[rows].sum(0).numpy()
+            ref_q[c] += torch.einsum("ia,iap->a", probs[rows], v[rows] ** 2).numpy()
     np.testing.assert_allclose(sums, ref_s, rtol=0, atol=1e-13)
     np.testing.assert_allclose(weights, ref_w, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(cells.sq_norms, ref_q, rtol=1e-13)
+    np.testing.assert_array_equal(cells.counts, np.bincount(data.labels, minlength=C))
     np.testing.assert_allclose(weights.sum(), data.num_samples, rtol=1e-14)
     # the four-part split of PAPER.md section 3 from these sums and the operator is exact
     N, P = data.num_samples, weights
@@ -137,6 +141,25 @@ def test_cell_sums_without_materialising():
         M_within += np.einsum("ia,iap,iaq->pq", probs.numpy(), dv, dv) / N
     G = ext.fisher().to_dense().numpy()
     np.testing.assert_allclose(M_class + M_cross + M_within + M_diag, G, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(cells.sq_norms.sum() / N, np.trace(G), rtol=1e-13)
+
+
+def test_streams_into_the_structure_decomposition():
+    structure = pytest.importorskip("theory.structure", reason="theory.structure (the structure issue) not merged yet")
+    data, W, b = _model(n=15)
+    ext = mlr_extended_gradients(data.X, W, data.labels, b)
+    G_op = ext.fisher()
+    acc = structure.CrossClassAccumulator(C, weighted=True)
+    for batch in ext.batches(batch_size=16):
+        acc.update(*batch)
+    dec = acc.finalize(total=G_op)  # within part = G - mean parts, no N x C x DC array anywhere
+    cells = ext.cell_sums()
+    np.testing.assert_allclose(dec.cell_weights, cells.weights, rtol=1e-13)
+    cross_means = torch.as_tensor(cells.sums / cells.weights[..., None])
+    assert (dec.cross_means.double() - cross_means).abs().max().item() < 1e-13
+    G = G_op.to_dense()
+    total = sum(part.as_operator().to_dense().double() for part in dec.parts.values())
+    assert (total - G).abs().max().item() < 1e-13 * G.abs().max().item()
 
 
 def test_float32_and_deterministic():
