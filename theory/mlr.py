@@ -144,7 +144,7 @@ def expected_fisher(num_classes: int, dim: int, snr: float, alpha: float, *, max
     P = symmetric_probabilities(C, alpha)
     if C * D > max_size:
         raise ValueError(
-            f"num_classes * dim: the dense matrix would have size {C * D} > max_size={max_size}; "
+            f"max_size: the dense matrix would have size C * D = {C * D} > max_size={max_size}; "
             "use expected_fisher_operator or pass a larger max_size"
         )
     U = logit_hessian(P)  # (C, C, C): U[c] = A(p_c)
