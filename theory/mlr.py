@@ -355,7 +355,8 @@ def bayes_error(t: Any, num_classes: int) -> float | np.ndarray:
 
 def snr_from_bayes_error(error: Any, num_classes: int) -> float | np.ndarray:
     """The SNR ``s = t^2`` at which :func:`bayes_error` equals ``error``, for
-    ``0 < error <= 1 - 1/C`` (root of ``log P_err(t) = log error``); vectorised."""
+    ``0 < error <= 1 - 1/C``: the root of ``log P_err(t) = log error`` between the
+    bounds ``Phi(-t/sqrt 2) <= P_err(t, C) <= (C - 1) Phi(-t/sqrt 2)``; vectorised."""
     C = _check_classes(num_classes)
     top = 1.0 - 1.0 / C
     err = _as_real_array(error, "error", f"error rates in (0, 1 - 1/C] = (0, {top:.6g}]", 0.0, closed=False)
@@ -365,11 +366,10 @@ def snr_from_bayes_error(error: Any, num_classes: int) -> float | np.ndarray:
     def solve(e: float) -> float:
         if e >= top:
             return 0.0
+        lo = max(0.0, -np.sqrt(2.0) * scipy.special.ndtri(e) * (1 - 1e-9) - 1e-9)
+        hi = -np.sqrt(2.0) * scipy.special.ndtri(e / (C - 1)) * (1 + 1e-9) + 1e-9
         f = lambda t: np.log(_bayes_error_scalar(t, C)) - np.log(e)  # noqa: E731
-        hi = 1.0
-        while f(hi) > 0:
-            hi *= 2.0
-        return scipy.optimize.brentq(f, 0.0, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps) ** 2
+        return scipy.optimize.brentq(f, lo, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps) ** 2
 
     values, inverse = np.unique(err, return_inverse=True)
     out = np.array([solve(float(e)) for e in values])
