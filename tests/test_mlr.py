@@ -121,6 +121,15 @@ def test_operator_matches_dense(C, D, s, a):
     np.testing.assert_allclose(op32.to_dense().double().numpy(), dense, rtol=0, atol=1e-6 * (1 + s))
 
 
+@pytest.mark.gpu
+def test_operator_on_cuda_matches_dense():
+    C, D, s, a = 4, 9, 4.0, 0.3
+    op = mlr.expected_fisher_operator(C, D, s, a, device="cuda")
+    assert op.device.type == "cuda"
+    V = torch.randn(C * D, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    np.testing.assert_allclose(op.matmat(V.cuda()).cpu().numpy(), mlr.expected_fisher(C, D, s, a) @ V.numpy(), rtol=0, atol=1e-14)
+
+
 def test_operator_large_size_on_theorem_eigenvectors():
     """p = 100 000: apply the operator to the eigenvectors of each group of Theorem 8.1
     (built from the proof: within block d, 1, e_d - 1/C and vectors orthogonal to 1

@@ -185,7 +185,7 @@ class ExpectedFisherOperator(SymmetricOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         C, D, k = self.num_classes, self.dim, V.shape[1]
         V3 = V.reshape(D, C, k)
-        out = self._bulk * (V3 - V3.mean(dim=1, keepdim=True))  # I_D (x) U_bar
+        out = (V3 - V3.mean(dim=1, keepdim=True)).mul_(self._bulk)  # I_D (x) U_bar, one full-size temporary
         P, Vc = self._probs, V3[:C]
         out[:C] += (self.snr / C) * (P * Vc - P * (P * Vc).sum(dim=1, keepdim=True))
         return out.reshape(C * D, k)
