@@ -5,6 +5,7 @@ import pytest
 import sympy as sp
 
 from theory import mlr, symbolic
+from theory.results import to_jsonable
 from theory.symbolic import alpha, lam, t
 
 
@@ -15,6 +16,7 @@ def test_all_derivations_hold(C):
     for name, check in report.items():
         assert check.holds, f"{name}: {check.residual}"
         assert check.residual == "0" and check.dim == (C if name == "identity" else C + 1)
+    assert to_jsonable(report)["theorem"]["holds"] is True
 
 
 def test_theorem_without_bulk_dimension_equal_to_classes():
@@ -67,9 +69,9 @@ def test_wrong_lemma_is_detected():
 
     def no_class_average(C, D):  # I_D (x) U^1 in place of I_D (x) U_bar
         M = symbolic.lemma_statement(C, D)
-        p = symbolic.symmetric_probabilities(C, 0)
+        p = symbolic.class_probabilities(C, 0)
         U1 = sp.diag(*p) - p * p.T
-        U_bar = sum((sp.diag(*q) - q * q.T for q in (symbolic.symmetric_probabilities(C, c) for c in range(C))), sp.zeros(C, C)) / C
+        U_bar = sum((sp.diag(*q) - q * q.T for q in (symbolic.class_probabilities(C, c) for c in range(C))), sp.zeros(C, C)) / C
         return M + sp.kronecker_product(sp.eye(D), U1 - U_bar)
 
     for lemma in (other_ordering, wrong_scale, no_class_average):

@@ -43,7 +43,7 @@ __all__ = [
     "probability_symbols",
     "logit_hessian_from_loss",
     "identity_sum",
-    "symmetric_probabilities",
+    "class_probabilities",
     "gaussian_expectation",
     "fisher_from_model",
     "lemma_statement",
@@ -131,7 +131,7 @@ def check_identity(num_classes: int, rhs: Callable[[sp.Matrix], sp.Matrix] = ide
 
 # -- 2. Lemma 8.1 from the model -------------------------------------------------------
 
-def symmetric_probabilities(num_classes: int, c: int) -> sp.Matrix:
+def class_probabilities(num_classes: int, c: int) -> sp.Matrix:
     """``p_c``: ``1 - alpha`` on class ``c``, ``alpha/(C-1)`` on the others (a column)."""
     C = num_classes
     return sp.Matrix([1 - alpha if k == c else alpha / (C - 1) for k in range(C)])
@@ -166,7 +166,7 @@ def _fisher_from_model(C: int, D: int) -> sp.ImmutableMatrix:
     for c in range(C):
         x = t * sp.eye(D)[:, c] + sp.Matrix(z)
         J = (W * x).jacobian(w)  # C x CD
-        p_c = symmetric_probabilities(C, c)
+        p_c = class_probabilities(C, c)
         total += J.T * H.subs({p_sym[k]: p_c[k] for k in range(C - 1)}) * J
     # the expectation is linear: one Gaussian moment computation per entry of the sum
     return sp.ImmutableMatrix(total.applyfunc(lambda e: sp.cancel(gaussian_expectation(e, z) / C)))
@@ -176,7 +176,7 @@ def lemma_statement(num_classes: int, dim: int | None = None) -> sp.Matrix:
     """Lemma 8.1 as stated: ``(s/C) blkdiag(U^1, ..., U^C, 0, ..., 0) + I_D (x) U_bar``,
     ``U^c = diag(p_c) - p_c p_c^T``, ``U_bar = Ave_c U^c``, ``s = t^2``."""
     C, D = _check_sizes(num_classes, dim)
-    U = [sp.diag(*p) - p * p.T for p in (symmetric_probabilities(C, c) for c in range(C))]
+    U = [sp.diag(*p) - p * p.T for p in (class_probabilities(C, c) for c in range(C))]
     U_bar = sum(U, sp.zeros(C, C)) / C
     blocks = [(t**2 / C) * U[d] if d < C else sp.zeros(C, C) for d in range(D)]
     return sp.diag(*blocks) + sp.kronecker_product(sp.eye(D), U_bar)
