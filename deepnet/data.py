@@ -21,6 +21,7 @@ Conventions (the paper's, PAPER.md section 9):
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import importlib.util
 import os
@@ -203,6 +204,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
         **{(m, n): getattr(_multiarray, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")},
     }
 
