@@ -207,6 +207,10 @@ def test_command_line_dispatch_is_lazy_and_reports_missing_commands(monkeypatch,
     with pytest.raises(SystemExit):
         cli.main(["train", "--model", "alexnet"])
     assert "invalid choice: 'alexnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--lr", "-1", "--quiet"])
+    assert info.value.code == 2
+    assert "python -m deepnet train: error: lr: expected a number in (0.0, inf], got -1.0" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed ({DEBIAN_FASHION_MNIST})")
