@@ -251,8 +251,9 @@ class RawDataset:
 
 
 @lru_cache(maxsize=4)
-def _load_raw_cached(name: str, folder: Path, files: tuple[tuple[str, Path], ...]) -> RawDataset:
-    paths = dict(files)
+def _load_raw_cached(name: str, folder: Path, files: tuple[tuple[str, Path, int, int], ...]) -> RawDataset:
+    """Parse the files (keyed by path, size and modification time, so a changed file is read again)."""
+    paths = {stem: path for stem, path, _, _ in files}
     spec = DATASETS[name]
     if spec.fmt == "idx":
         arrays = [_read_idx(paths[stem]) for stem in spec.files]
@@ -305,7 +306,9 @@ def load_raw(name: str, root: str | os.PathLike[str] | None = None) -> RawDatase
     """
     key = canonical_name(name)
     folder, files = _locate(key, root)
-    return _load_raw_cached(key, folder.resolve(), tuple(sorted((k, v.resolve()) for k, v in files.items())))
+    stats = {stem: path.resolve().stat() for stem, path in files.items()}
+    keyed = tuple(sorted((stem, path.resolve(), stats[stem].st_size, stats[stem].st_mtime_ns) for stem, path in files.items()))
+    return _load_raw_cached(key, folder.resolve(), keyed)
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

