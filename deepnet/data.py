@@ -63,10 +63,7 @@ DATA_ENV = "DEEPNET_DATA"
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 @dataclass(frozen=True)
@@ -82,11 +79,11 @@ class _Spec:
 
 
 DATASETS: dict[str, _Spec] = {
-    "mnist": _Spec(10, ("MNIST/raw", "MNIST", "mnist", "."), _IDX_FILES["train"] + _IDX_FILES["test"], "idx"),
+    "mnist": _Spec(10, ("MNIST/raw", "MNIST", "mnist", "."), _IDX_FILES, "idx"),
     "fashion-mnist": _Spec(
         10,
         ("FashionMNIST/raw", "FashionMNIST", "fashion-mnist", "fashion_mnist", "."),
-        _IDX_FILES["train"] + _IDX_FILES["test"],
+        _IDX_FILES,
         "idx",
         default_roots=(DEBIAN_FASHION_MNIST,),
         hint="On Debian/Ubuntu, `apt-get install dataset-fashion-mnist` provides "
@@ -273,8 +270,8 @@ def _load_raw_cached(name: str, folder: Path, files: tuple[tuple[str, Path, int,
         test_x, test_y = _read_cifar_batch(paths[spec.files[-1]], key)
     else:  # mnist5k: CSV rows of 784 pixels then the label
         table = np.loadtxt(paths["mnist_5k.csv.gz"], delimiter=",", dtype=np.int64)
-        if table.ndim != 2 or table.shape[1] != 785:
-            raise ValueError(f"{paths['mnist_5k.csv.gz']}: expected rows of 784 pixels and a label, found {table.shape}")
+        if table.ndim != 2 or table.shape[1] != 785 or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
+            raise ValueError(f"{paths['mnist_5k.csv.gz']}: expected rows of 784 pixels in 0..255 and a label")
         images, labels = table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28), table[:, -1]
         rank = np.empty(len(labels), dtype=np.int64)  # position of each digit within its class, in file order
         for c in range(spec.num_classes):
