@@ -11,8 +11,8 @@ and torch's global generators (for any stochastic layer) are seeded from
 written atomically after every epoch holds the weights, batch-norm statistics,
 momentum buffers and the log, so a run killed at any point and resumed from its
 last checkpoint ends with the same weights as an uninterrupted one (bitwise on
-the CPU, where ``torch.use_deterministic_algorithms`` is on during training).
-The global random state of the caller is left as it was.
+the CPU for a fixed number of threads; ``torch.use_deterministic_algorithms`` is
+on during training, on the GPU too). The caller's random state is left as it was.
 
 Files in the run folder: ``checkpoint.pt`` and ``log.json`` (per-epoch train and
 test loss and error), both rewritten after every epoch; the command line adds
