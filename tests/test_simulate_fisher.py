@@ -84,6 +84,23 @@ def test_fisher_is_the_gauss_newton_and_the_hessian_of_cross_entropy():
     assert evals.min() > -1e-14 and np.sum(evals < 1e-12) == D  # null space: the softmax shift 1 (x) x
 
 
+@pytest.mark.parametrize("num_classes, dim, snr, alpha", [(3, 5, 4.0, 0.3), (4, 9, 4.0, 0.3), (5, 6, 0.7, 0.8)])
+def test_symmetric_probabilities_give_lemma_8_1_exactly(num_classes, dim, snr, alpha):
+    """On a design whose class moments are exactly those of the canonical model
+    (x = t e_c +- sqrt(D) e_d: mean t e_c, second moment t^2 e_c e_c^T + I) and with the
+    symmetric probabilities, the empirical Fisher is Lemma 8.1's expectation exactly,
+    in the same parameter ordering as theory.mlr."""
+    from theory.mlr import expected_fisher, symmetric_probabilities
+
+    t, Cn, Dn = np.sqrt(snr), num_classes, dim
+    signs = np.vstack([np.sqrt(Dn) * np.eye(Dn), -np.sqrt(Dn) * np.eye(Dn)])  # 2D x D
+    X = np.vstack([t * np.eye(Cn, Dn)[c] + signs for c in range(Cn)])
+    labels = np.repeat(np.arange(Cn), 2 * Dn)
+    probs = symmetric_probabilities(Cn, alpha)[labels]
+    G = MLRFisher(X, probs).to_dense().numpy()
+    np.testing.assert_allclose(G, expected_fisher(Cn, Dn, snr, alpha), rtol=0, atol=1e-14 * (1 + snr))
+
+
 def test_extended_gradients_are_the_gradients_for_every_label():
     data, W, b = _model(n=10)
     f = _logits_fn(data.X, b)
