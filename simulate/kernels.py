@@ -3,9 +3,9 @@
 Model: logits ``z_i = W x_i + b`` (``W`` is ``C x D``, ``b`` has length ``C``),
 probabilities ``p_i = softmax(z_i)``, loss ``(1/N) sum_i [logsumexp(z_i) - z_{i,y_i}]``.
 
-* :func:`loss_grad` -- loss, ``G = (1/N) sum_i (p_i - e_{y_i}) x_i^T`` and
+* ``loss_grad_{par,ser}`` -- loss, ``G = (1/N) sum_i (p_i - e_{y_i}) x_i^T`` and
   ``g_b = (1/N) sum_i (p_i - e_{y_i})`` in one pass over ``X``; stores ``p_i``.
-* :func:`curvature_product` -- for ``k`` directions ``(V_j, v_j)`` (``C x D`` and ``C``),
+* ``curvature_product_{par,ser}`` -- for ``k`` directions ``(V_j, v_j)`` (``C x D`` and ``C``),
   ``(1/N) sum_i A(p_i) u_ij x_i^T`` and ``(1/N) sum_i A(p_i) u_ij`` with
   ``u_ij = V_j x_i + v_j`` and ``A(p) = diag(p) - p p^T``: the Hessian of the mean
   cross-entropy (= its Gauss-Newton = the empirical Fisher) applied to ``(V_j, v_j)``.
@@ -41,7 +41,6 @@ __all__ = [
     "loss_grad_ser",
     "curvature_product_par",
     "curvature_product_ser",
-    "probabilities",
 ]
 
 _FASTMATH = {"reassoc", "contract"}
@@ -271,28 +270,3 @@ def curvature_product_ser(X, P, V, vb, out, outb):
         out1[m] = _chunk_sum(parts, m) / N
     for m in range(k * C):
         outb1[m] = _chunk_sum(partsb, m) / N
-
-
-@numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def probabilities(X, W, b):
-    """``P[i] = softmax(W x_i + b)`` (N x C), max-shifted."""
-    N, D = X.shape
-    C = W.shape[0]
-    P = np.empty((N, C))
-    for i in numba.prange(N):
-        zmax = -np.inf
-        for c in range(C):
-            s = 0.0
-            for d in range(D):
-                s += W[c, d] * X[i, d]
-            s += b[c]
-            P[i, c] = s
-            zmax = max(zmax, s)
-        total = 0.0
-        for c in range(C):
-            e = math.exp(P[i, c] - zmax)
-            P[i, c] = e
-            total += e
-        for c in range(C):
-            P[i, c] /= total
-    return P

@@ -23,7 +23,8 @@ are globalised by Armijo backtracking.
 
 :func:`fit_mlr` runs the whole loop compiled (serial kernels) for small problems
 and drives the parallel kernels from Python for large ones; :func:`fit_mlr_many`
-solves many small problems of one shape, one compiled problem per thread. All
+solves many small problems of one shape on several threads, each problem
+compiled end to end. All
 paths give bitwise identical results for the same problem, whatever the number
 of threads (fixed chunking, see :mod:`simulate.kernels`).
 """
@@ -31,6 +32,7 @@ of threads (fixed chunking, see :mod:`simulate.kernels`).
 from __future__ import annotations
 
 import types
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,8 +93,8 @@ class MLRFitMany:
 
 # -- Newton-CG ---------------------------------------------------------------
 # ``_newton_cg`` is written once and runs two ways: compiled by Numba with the serial
-# kernels bound to the globals ``_loss_grad`` and ``_curvature`` (small problems, and one
-# problem per thread in ``fit_mlr_many``), and as plain Python with the parallel kernels
+# kernels bound to the globals ``_loss_grad`` and ``_curvature`` (small problems, and
+# ``fit_mlr_many``), and as plain Python with the parallel kernels
 # bound to those names (``_newton_cg_parallel``, large problems; the interpreter then
 # costs microseconds per data pass). Every arithmetic step outside the kernels goes
 # through the small compiled helpers below, so both ways give the same bits. The
@@ -244,9 +246,10 @@ _newton_cg_parallel = types.FunctionType(
 )
 
 
-@numba.njit(cache=True, parallel=True)
-def _newton_cg_many(Xs, labels, W, b, penalty, fit_intercept, tol, max_iter, max_cg, out_f, out_g, out_it, out_cg, out_status):
-    for m in numba.prange(Xs.shape[0]):
+@numba.njit(cache=True, nogil=True)
+def _newton_cg_block(Xs, labels, W, b, penalty, fit_intercept, tol, max_iter, max_cg, start, stop, out_f, out_g, out_it, out_cg, out_status):
+    """Problems ``start .. stop-1`` one after the other, without the GIL (one block per thread)."""
+    for m in range(start, stop):
         f, g, it, cg, st, Wm, bm = _newton_cg(
             Xs[m], labels[m], W[m].copy(), b[m].copy(), penalty, fit_intercept, tol, max_iter, max_cg
         )
@@ -351,9 +354,11 @@ def fit_mlr_many(
     max_iter: int = 100,
     max_cg: int = 250,
 ) -> MLRFitMany:
-    """Fit ``B`` independent MLR problems of one shape in parallel, one problem per thread.
+    """Fit ``B`` independent MLR problems of one shape in parallel.
 
-    ``X``: B x N x D, ``labels``: B x N. Problem ``m`` gives bitwise the same result as
+    ``X``: B x N x D, ``labels``: B x N. The compiled solver runs on blocks of problems
+    in ``numba.get_num_threads()`` threads without the GIL (no parallel region to
+    compile, nothing nested). Problem ``m`` gives bitwise the same result as
     ``fit_mlr(X[m], labels[m], ...)``. Where Numba pays most: each problem is too small
     to parallelise over its samples, and the solver loop runs without the interpreter.
     """
@@ -373,7 +378,17 @@ def fit_mlr_many(
     b = np.zeros((B, C))
     out_f, out_g = np.empty(B), np.empty(B)
     out_it, out_cg, out_status = (np.empty(B, dtype=np.int64) for _ in range(3))
-    _newton_cg_many(Xs, y, W, b, penalty, bool(fit_intercept), tol, max_iter, max_cg, out_f, out_g, out_it, out_cg, out_status)
+    threads = min(numba.get_num_threads(), B)
+    bounds = np.linspace(0, B, min(B, 4 * threads) + 1).astype(np.int64)  # blocks, for load balance
+
+    def solve(block: int) -> None:
+        _newton_cg_block(
+            Xs, y, W, b, penalty, bool(fit_intercept), tol, max_iter, max_cg, bounds[block], bounds[block + 1],
+            out_f, out_g, out_it, out_cg, out_status,
+        )
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(solve, range(len(bounds) - 1)))  # list() re-raises a worker's exception
     settings = {
         "penalty": penalty,
         "fit_intercept": bool(fit_intercept),
@@ -411,10 +426,18 @@ def mlr_loss_grad(
 
 
 def mlr_probabilities(X: Any, W: Any, b: Any = None) -> np.ndarray:
-    """``P[i] = softmax(W x_i + b)`` (N x C) for ``X`` (N x D), ``W`` (C x D), ``b`` (C or ``None``)."""
+    """``P[i] = softmax(W x_i + b)`` (N x C) for ``X`` (N x D), ``W`` (C x D), ``b`` (C or ``None``).
+
+    A by-product of the loss kernel, so that the probabilities at a fitted ``W`` are
+    bitwise those the solver used.
+    """
     W = np.asarray(W)
     if W.ndim != 2:
         raise ValueError(f"W: expected a 2-D array (num_classes x D), got shape {W.shape}")
     C = check_num_classes(W.shape[0])
     X = check_features(X)
-    return kernels.probabilities(X, _check_weights(W, C, X.shape[1]), _check_bias(b, C))
+    W = _check_weights(W, C, X.shape[1])
+    loss_grad = kernels.loss_grad_par if kernels.use_parallel(X.shape[0], X.shape[1] * C) else kernels.loss_grad_ser
+    P = np.empty((X.shape[0], C))
+    loss_grad(X, np.zeros(X.shape[0], dtype=np.int64), W, _check_bias(b, C), P, np.empty_like(W), np.empty(C))
+    return P
