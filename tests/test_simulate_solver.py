@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from simulate import solver
+from simulate.fisher import mlr_fisher
 from simulate.mixtures import canonical_mixture
 from simulate.solver import fit_mlr, fit_mlr_many, mlr_loss_grad, mlr_probabilities
 
@@ -42,12 +43,22 @@ def test_agrees_with_scikit_learn(fit_intercept, num_samples_per_class):
     sk = linear_model.LogisticRegression(
         C=1.0 / (N * penalty), fit_intercept=fit_intercept, solver="newton-cholesky", tol=1e-14, max_iter=1000
     ).fit(data.X, data.labels)
-    b_sk = sk.intercept_ if fit_intercept else None
+    b_sk = sk.intercept_ - sk.intercept_.mean() if fit_intercept else None  # intercepts: up to a common shift
     _, gW, gb = mlr_loss_grad(data.X, data.labels, sk.coef_, b_sk, penalty=penalty)
     g_sk = np.sqrt((gW**2).sum() + (gb**2).sum() * fit_intercept)
-    # strong convexity (modulus >= penalty on W; the intercept's curvature comes from the data):
-    # |theta - theta*| <= |grad| / mu. Both solutions are within that of the minimiser.
-    mu = penalty if not fit_intercept else 0.1 * penalty
+    # |theta - theta*| <= |grad f(theta)| / mu with mu the smallest curvature of f: penalty without
+    # intercept; with it, the Hessian (Fisher of [x, 1] plus the ridge on W) off the null direction
+    # of the common intercept shift.
+    mu = penalty
+    if fit_intercept:
+        X1 = np.hstack([data.X, np.ones((N, 1))])
+        H = mlr_fisher(X1, np.hstack([fit.W, fit.b[:, None]])).to_dense().numpy()
+        C = fit.W.shape[0]
+        H += np.diag(np.r_[np.full(data.dim * C, penalty), np.zeros(C)])  # the last block of vec is b
+        evals = np.linalg.eigvalsh(H)
+        assert evals[0] < 1e-12 < evals[1]  # exactly one flat direction
+        mu = 0.5 * evals[1]  # curvature at the solution, with a margin for the segment to theta
+    np.testing.assert_allclose(fit.b.sum(), 0.0, atol=1e-12)  # Newton-CG stays off the flat direction
     err = np.sqrt(((fit.W - sk.coef_) ** 2).sum() + ((fit.b - (b_sk if fit_intercept else 0.0)) ** 2).sum())
     assert err <= (fit.grad_norm + g_sk) / mu + 1e-12
     assert err < 1e-7
