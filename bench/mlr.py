@@ -25,7 +25,16 @@ import os
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba / torch start their thread pools
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--threads", type=int, default=None, help="threads for numba, torch and numpy's BLAS (default: each library's own)")
+parser.add_argument("--repeats", type=int, default=7)
+parser.add_argument("--quick", action="store_true", help="small sizes only")
+ARGS = parser.parse_args()
+# Thread pools read these when they start, so they are set before numpy, numba and torch load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if ARGS.threads:
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[name] = str(ARGS.threads)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -118,17 +127,12 @@ def row(kernel, size, t_numba, t_ref, ref_name, note=""):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="threads for numba and torch (default: numba's)")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="small sizes only")
-    args = parser.parse_args()
-    threads = args.threads or numba.get_num_threads()
-    numba.set_num_threads(threads)
-    torch.set_num_threads(threads)
+    args = ARGS
+    threads = numba.get_num_threads()
     R = args.repeats
     print(
-        f"numba {numba.__version__}, torch {torch.__version__}, numpy {np.__version__}; {threads} thread(s) "
+        f"numba {numba.__version__}, torch {torch.__version__}, numpy {np.__version__}; numba {threads} / torch "
+        f"{torch.get_num_threads()} thread(s) (BLAS: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}) "
         f"of {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; min of {R} repeats; times in ms"
     )
     print(f"{'kernel':<24} {'size':<22} {'numba':>10} {'reference':<24} {'ref':>10} {'speedup':>8}")
