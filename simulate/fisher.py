@@ -49,9 +49,9 @@ __all__ = [
     "mlr_extended_gradients",
 ]
 
-# Backend choice of ``backend="auto"`` (bench/mlr.py, one thread): the fused Numba
-# kernel beat two BLAS products by 1.2-4.7x for blocks of up to 4 columns (Lanczos, CG,
-# small subspace iteration) at every size measured; at 16 columns BLAS won for D >= 200.
+# Backend choice of ``backend="auto"`` (bench/mlr.py): the fused Numba kernel beat two
+# BLAS products by 1.6-4.7x for blocks of 1-2 columns (Lanczos, CG) and by 1.1-2.3x at
+# 4 columns (one tie, D=200 on two threads); at 16 columns BLAS won for D >= 200.
 _NUMBA_MAX_COLUMNS = 4
 # Rows of X per BLAS block, so that the N x kC intermediates stay below ~64 MB.
 _BLAS_BLOCK_ELEMENTS = 1 << 23
