@@ -540,7 +540,7 @@ class CrossClassDecomposition:
 
 # --------------------------------------------------------------------------- accumulators
 class _CellAccumulator:
-    """Running sums per cell ``(c, k)``: ``S = sum s w v`` (C x K x P),
+    """Running sums per cell ``(c, k)``: ``S = sum s w v`` (stored K x C x P),
     ``W = sum w`` (C x K), ``Q = sum w s^2 |v|^2`` (C x K), counts ``n_c``, and
     optionally the dense ``sum w s^2 v v^T`` (P x P)."""
 
@@ -568,7 +568,7 @@ class _CellAccumulator:
         self._dtype = self._dtype or _default_dtype(dtype)
         self._device = self._device or device
         z = dict(dtype=self._dtype, device=self._device)
-        self._sums = torch.zeros(C, K, P, **z)
+        self._sums = torch.zeros(K, C, P, **z)  # S[k, c]: cell (c, k), batch-major for baddbmm
         self._weights = torch.zeros(C, K, dtype=torch.float64, device=self._device)
         self._sq = torch.zeros(C, K, dtype=torch.float64, device=self._device)
         self._counts = torch.zeros(C, dtype=torch.int64, device=self._device)
@@ -590,9 +590,10 @@ class _CellAccumulator:
         C, K = self._layout.num_classes, self._layout.cells_per_class
         onehot = torch.nn.functional.one_hot(lab, C).to(dt)  # (b, C)
         scale = s if w is None else (w if s is None else s * w)  # s w, (b, K)
-        for k in range(K):
-            A = onehot if scale is None else onehot * scale[:, k : k + 1]
-            self._sums[:, k, :].addmm_(A.T, v3[:, k, :])
+        # S[k, c, :] += sum_i onehot[i, c] scale[i, k] v[i, k, :]: one batched product
+        # into contiguous (K, C, P) storage, no weighted copy of the batch
+        A = onehot.T.expand(K, C, -1) if scale is None else onehot.T[None, :, :] * scale.T[:, None, :]
+        self._sums.baddbmm_(A, v3.transpose(0, 1))
         sq = torch.linalg.vector_norm(v3, dim=2).to(torch.float64).square_()  # (b, K)
         wk = torch.ones_like(sq) if w is None else w.to(torch.float64)
         if s is not None:
@@ -622,11 +623,6 @@ class _CellAccumulator:
         if batches is not None and not callable(batches):
             raise TypeError(f"batches: expected a callable returning an iterable of batches, got {type(batches).__name__}")
         P = self._sums.shape[2]
-        N = int(counts.sum())
-        W = self._weights.cpu().numpy().reshape(C * K)
-        safe = torch.as_tensor(np.where(W > 0, W, 1.0), dtype=self._dtype, device=self._device)
-        X = (self._sums.reshape(C * K, P) / safe[:, None]) * torch.as_tensor(W > 0, device=self._device)[:, None]
-        gram = _gram64(X)
         if total is not None:
             total = as_operator(total)
             if total.size != P or total.dtype != self._dtype or total.device != self._device:
@@ -634,6 +630,13 @@ class _CellAccumulator:
                     f"total: expected an operator of size {P}, dtype {self._dtype}, device {self._device}; got "
                     f"size {total.size}, dtype {total.dtype}, device {total.device}"
                 )
+        N = int(counts.sum())
+        W = self._weights.cpu().numpy().reshape(C * K)
+        inv = np.divide(1.0, W, out=np.zeros_like(W), where=W > 0)  # a zero-weight cell gets a zero mean
+        X = torch.empty(C, K, P, dtype=self._dtype, device=self._device)
+        torch.mul(self._sums.transpose(0, 1), torch.as_tensor(inv, dtype=self._dtype, device=self._device).reshape(C, K, 1), out=X)
+        X = X.reshape(C * K, P)
+        gram = _gram64(X)
         means = LowRankPart.from_coefficients("means", X, np.diag(np.sqrt(W / N)), gram, scale=float(np.dot(W, np.diag(gram)) / N))
         dense = None if self._dense is None else self._dense / N
         access = _DataAccess(self._layout, N, X, means, batches, dense, total)
