@@ -14,6 +14,9 @@ decomposition, or any operators):
 * a feature is attributable to ``B`` when every knockout of ``B`` makes it vanish
   while every other feature stays, and to no other component; the verdict says
   which, ``absent``, or ``not attributable`` with the evidence;
+* only eigenvalues above the bulk edge are counted: a bump inside or below the
+  main bulk (PAPER.md: its side is not fixed) shows in the log-density figure,
+  but its verdict reads ``absent`` (nothing above the edge);
 * certificates on the computed numbers: for ``B >= 0`` of rank ``r`` (Weyl) and
   for the projection of rank ``r`` (Cauchy interlacing),
   ``lambda_{k+r}(A) <= lambda_k(K) <= lambda_k(A)``, hence
