@@ -14,6 +14,7 @@ from simulate.fisher import (
 from simulate.mixtures import canonical_mixture
 from simulate.solver import fit_mlr
 from theory.operators import check_symmetric
+from theory.structure import CrossClassAccumulator
 
 C, D = 3, 5
 
@@ -162,11 +163,10 @@ def test_cell_sums_without_materialising():
 
 
 def test_streams_into_the_structure_decomposition():
-    structure = pytest.importorskip("theory.structure", reason="theory.structure (the structure issue) not merged yet")
     data, W, b = _model(n=15)
     ext = mlr_extended_gradients(data.X, W, data.labels, b)
     G_op = ext.fisher()
-    acc = structure.CrossClassAccumulator(C, weighted=True)
+    acc = CrossClassAccumulator(C, weighted=True)
     for batch in ext.batches(batch_size=16):
         acc.update(*batch)
     dec = acc.finalize(total=G_op)  # within part = G - mean parts, no N x C x DC array anywhere
