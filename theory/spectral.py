@@ -31,6 +31,7 @@ import torch
 
 from .operators import ProjectedOperator, SymmetricOperator, as_operator, check_symmetric
 from .progress import progress
+from .recurrence import column_dots, recurrence_step
 
 __all__ = [
     "LanczosResult",
@@ -200,17 +201,6 @@ def _random_block(op: SymmetricOperator, k: int, seed: int, exclude: torch.Tenso
     return X.to(dtype=op.dtype, device=op.device)
 
 
-def _column_dots(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """``(x_j^T y_j)_j`` accumulated in float64 (a BLAS dot for one float64 column)."""
-    if X.shape[1] == 1 and X.dtype == torch.float64:
-        return torch.dot(X[:, 0], Y[:, 0]).reshape(1)
-    return (X * Y).sum(dim=0, dtype=torch.float64)
-
-
-def _colwise(x: torch.Tensor) -> np.ndarray:
-    return x.detach().to(device="cpu", dtype=torch.float64).numpy()
-
-
 # --------------------------------------------------------------------------- Lanczos
 def lanczos(
     op: object,
@@ -251,47 +241,47 @@ def lanczos(
     norms = torch.linalg.vector_norm(Q, dim=0)
     if not bool(torch.all(norms > 0)):
         raise ValueError("start: every start vector must be nonzero")
-    q = Q / norms
+    q = (Q / norms).contiguous()
     q_prev = torch.zeros_like(q)
-    basis = torch.empty((m, op.size, s), dtype=op.dtype, device=op.device) if reorthogonalize else None
+    basis = torch.empty((s, m, op.size), dtype=op.dtype, device=op.device) if reorthogonalize else None
 
     alpha = np.zeros((s, m))
     beta = np.zeros((s, m))
     num_valid = np.full(s, m, dtype=np.int64)
     active = np.ones(s, dtype=bool)
-    beta_prev = torch.zeros(1, s, dtype=op.dtype, device=op.device)
+    beta_prev = np.zeros(s)
     tol = torch.finfo(op.dtype).eps ** 0.75
     anorm = 0.0
     steps = progress(range(m), total=m, desc="lanczos", enabled=show_progress)
     for j in steps:
         w = op.matmat(q)
-        a = _column_dots(q, w)
-        a_dev = a.to(op.dtype)[None, :]
-        w.addcmul_(q, a_dev, value=-1.0).addcmul_(q_prev, beta_prev, value=-1.0)
+        a = column_dots(q, w)
+        b2 = recurrence_step(w, q, q_prev, a, beta_prev)
         if basis is not None:
-            basis[j] = q
-            for _ in range(2):
-                coef = torch.einsum("jps,ps->js", basis[: j + 1], w)
-                w -= torch.einsum("jps,js->ps", basis[: j + 1], coef)
-        b = torch.linalg.vector_norm(w, dim=0, dtype=torch.float64)
-        a_np, b_np = _colwise(a), _colwise(b)
-        bad = active & ~(np.isfinite(a_np) & np.isfinite(b_np))
+            for r in range(s):
+                basis[r, j] = q[:, r]
+                for _ in range(2):
+                    coef = basis[r, : j + 1] @ w[:, r]
+                    w[:, r] -= basis[r, : j + 1].T @ coef
+            b2 = torch.linalg.vector_norm(w, dim=0, dtype=torch.float64).cpu().numpy() ** 2
+        b = np.sqrt(b2)
+        bad = active & ~(np.isfinite(a) & np.isfinite(b))
         if bad.any():
             raise FloatingPointError(
                 f"the operator's product returned NaN or Inf at Lanczos step {j + 1} "
                 f"(start {int(np.flatnonzero(bad)[0])})"
             )
-        alpha[:, j] = np.where(active, a_np, 0.0)
-        beta[:, j] = np.where(active, b_np, 0.0)
+        alpha[:, j] = np.where(active, a, 0.0)
+        beta[:, j] = np.where(active, b, 0.0)
         anorm = max(anorm, float(np.max(np.abs(alpha[:, j]) + beta[:, j])))
-        stopped = active & (b_np <= tol * anorm)
+        stopped = active & (b <= tol * anorm)
         num_valid[stopped] = j + 1
         active &= ~stopped
         if not active.any():
             break
-        scale = torch.as_tensor(np.where(active, 1.0 / np.maximum(b_np, np.finfo(float).tiny), 0.0))
-        q_prev, q = q, w.mul_(scale.to(dtype=op.dtype, device=op.device)[None, :])
-        beta_prev = torch.as_tensor(np.where(active, b_np, 0.0)).to(dtype=op.dtype, device=op.device)[None, :]
+        scale = np.where(active, 1.0 / np.maximum(b, np.finfo(float).tiny), 0.0)
+        q_prev, q = q, w.mul_(torch.as_tensor(scale, dtype=op.dtype, device=op.device)[None, :])
+        beta_prev = np.where(active, b, 0.0)
 
     ritz = np.full((s, m), np.nan)
     weights = np.zeros((s, m))
@@ -531,18 +521,23 @@ def top_eigenpairs(
     limit = num_iterations if num_iterations is not None else max_iterations
 
     X, _ = torch.linalg.qr(_random_block(op, b, seed, None))
+    # Buffers reused across iterations: Ritz vectors, their images, the residual block.
+    ritz, image, R = torch.empty_like(X), torch.empty_like(X), X.new_empty(op.size, k)
+    R_qr = X.new_empty(b, b)
     converged = False
     it = 0
     for it in progress(range(1, limit + 1), total=limit, desc="subspace", enabled=show_progress):
         AX = op.matmat(X)
-        H = X.to(torch.float64).T @ AX.to(torch.float64)
+        H = (X.T @ AX).to(torch.float64) if op.dtype == torch.float64 else X.double().T @ AX.double()
         theta, S = torch.linalg.eigh(0.5 * (H + H.T).cpu())
         key = {"largest": theta, "smallest": -theta, "magnitude": theta.abs()}[which]
         order = torch.argsort(key, descending=True)
         theta, S = theta[order], S[:, order].to(dtype=op.dtype, device=op.device)
-        X, AX = X @ S, AX @ S
-        R = AX[:, :k] - X[:, :k] * theta[:k].to(dtype=op.dtype, device=op.device)
-        residuals = torch.linalg.vector_norm(R.to(torch.float64), dim=0).cpu()
+        torch.mm(X, S, out=ritz)
+        torch.mm(AX, S, out=image)
+        del AX
+        torch.mul(ritz[:, :k], theta[:k].to(dtype=op.dtype, device=op.device), out=R).sub_(image[:, :k])
+        residuals = torch.linalg.vector_norm(R, dim=0, dtype=torch.float64).cpu()
         if not bool(torch.isfinite(theta).all()) or not bool(torch.isfinite(residuals).all()):
             raise FloatingPointError(f"the operator's product returned NaN or Inf at subspace iteration {it}")
         scale = float(theta.abs().max()) or 1.0
@@ -550,7 +545,11 @@ def top_eigenpairs(
         converged = bool((residuals <= torch.clamp(tol * theta[:k].abs(), min=floor)).all())
         if it == limit or (num_iterations is None and converged):
             break
-        X, _ = torch.linalg.qr(sign * (AX - shift * X))
+        if shift != 0.0:
+            image.sub_(ritz, alpha=shift)
+        if sign < 0:
+            image.neg_()
+        torch.linalg.qr(image, out=(X, R_qr))
     if num_iterations is None and not converged:
         warnings.warn(
             f"top_eigenpairs: not converged after {it} iterations (largest relative residual "
@@ -562,7 +561,7 @@ def top_eigenpairs(
     order = np.argsort(-values, kind="stable")
     return Eigenpairs(
         eigenvalues=values[order],
-        eigenvectors=X[:, :k][:, torch.as_tensor(order, device=X.device)],
+        eigenvectors=ritz[:, torch.as_tensor(order, device=ritz.device)],
         residuals=residuals.numpy()[order],
         num_iterations=it,
         converged=converged,
