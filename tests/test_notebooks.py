@@ -1,6 +1,9 @@
 """Every notebook in ``notebooks/`` runs: its code cells are executed in order in one
 namespace (matplotlib's Agg backend, a temporary working directory), so a broken
-notebook fails the suite. The .ipynb files are read with the standard ``json`` module;
+notebook fails the suite. The notebooks' problems are small (sizes up to a few hundred),
+where threads buy nothing and spin-waiting OpenMP pools of torch and Numba cost up to
+20x on a loaded two-core machine, so the run uses one torch and one Numba thread
+(restored afterwards). The .ipynb files are read with the standard ``json`` module;
 stored notebooks must carry no outputs."""
 
 import json
@@ -8,7 +11,9 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numba
 import pytest
+import torch
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -38,6 +43,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__main__"}
+    threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
     try:
         for index, cell in enumerate(nb["cells"]):
             if cell["cell_type"] != "code":
@@ -49,3 +57,5 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
                 raise AssertionError(f"{path.name}: code cell {index} (id {cell['id']}) failed: {err!r}") from err
     finally:
         plt.close("all")
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])
