@@ -1,5 +1,7 @@
 # The two quick-start commands: `make demo` and `make test` (see README.md).
 PY := .venv/bin/python
+# Torch and Numba each run an OpenMP pool; passive waiting keeps them from spinning against each other.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test bench
 

@@ -1,8 +1,16 @@
 """Shared test options: ``--run-slow`` enables tests marked ``slow``; tests marked
-``gpu`` are skipped (with a reason) when no CUDA device is present."""
+``gpu`` are skipped (with a reason) when no CUDA device is present.
 
-import pytest
-import torch
+OpenMP threads of torch and of Numba wait passively between parallel regions,
+so that the two thread pools do not spin against each other on small machines
+(set before torch loads its OpenMP runtime)."""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_addoption(parser):
