@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = [
     "run_theorem_study",
     "plot_theorem_study",
     "theorem_report",
+    "configure",
     "run_cli",
 ]
 
@@ -288,37 +289,38 @@ Figure: `theorem.png` (left: convergence; right: grid errors). Every number: `re
 """
 
 
-def run_cli(
-    out: str,
+def configure(
     quick: bool = False,
     seed: int = 0,
     classes: Sequence[int] | None = None,
     snrs: Sequence[float] | None = None,
-    alphas: Sequence[float] | None = None,
+    alpha: float | None = None,
     dim: int | None = None,
     n_per_class: int | None = None,
-) -> TheoremStudy:
-    """Validate the overrides (``classes`` and ``snrs`` for the dense grid; ``alphas[0]``,
-    ``dim`` and the largest ``n_per_class`` for the Monte Carlo problem), run the study and
-    write ``results.json``, ``theorem.png`` and ``report.md`` into the run folder ``out``."""
+) -> TheoremSettings:
+    """Default (or ``quick``) settings with checked overrides: ``classes`` and ``snrs`` of the
+    dense grid; ``alpha``, ``dim`` and the largest ``n_per_class`` of the Monte Carlo problem."""
     settings = theorem_settings(quick, seed)
     overrides: dict[str, object] = {}
     if classes is not None:
         overrides["classes"] = check_classes(classes)
     if snrs is not None:
         overrides["snrs"] = check_snrs(snrs)
-    mc_C = settings.mc_classes
+    mc_C = (settings.mc_classes,)
     if dim is not None:
-        overrides["mc_dim"] = check_dim(dim, (mc_C,))
-    if alphas is not None:
-        overrides["mc_alpha"] = check_alphas(alphas, (mc_C,))[0]
+        overrides["mc_dim"] = check_dim(dim, mc_C)
+    if alpha is not None:
+        overrides["mc_alpha"] = check_alphas([alpha], mc_C)[0]
     if n_per_class is not None:
         top = check_positive(n_per_class, "--n-per-class")
         overrides["mc_n_per_class"] = tuple(int(v) for v in np.unique(np.geomspace(min(16, top), top, 6).round().astype(int)))
-    if overrides:
-        settings = TheoremSettings(**{**settings.__dict__, **overrides})
+    return replace(settings, **overrides)
+
+
+def run_cli(out: str, settings: TheoremSettings, show_progress: bool = True) -> TheoremStudy:
+    """Run the study and write ``results.json``, ``theorem.png`` and ``report.md`` into ``out``."""
     folder = RunFolder(out)
-    study = run_theorem_study(settings)
+    study = run_theorem_study(settings, show_progress)
     folder.save_figure("theorem.png", plot_theorem_study(study))
     folder.write_json("results.json", study)
     text = theorem_report(study)
