@@ -10,13 +10,14 @@ setting is checked before any work starts.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 __all__ = ["main", "build_parser"]
 
 
-def _threads(value: str) -> int:
+def _positive(value: str) -> int:
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
@@ -31,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=out, help=f"run folder, created if missing (default {out})")
         p.add_argument("--quick", action="store_true", help="small settings (as in the test suite)")
         p.add_argument(
-            "--threads", type=_threads, default=1,
-            help="torch and Numba threads (default 1: the products are small, and extra threads only contend on a shared machine)",
+            "--threads", type=_positive, default=1,
+            help="torch, Numba and BLAS threads per process (default 1: the products are small, and extra threads "
+            "only contend with the worker processes or other jobs)",
         )
 
     study = sub.add_parser("study", help="the main job: Fisher spectrum of trained MLR vs Theorem 8.1, finite samples, attribution")
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--attribution-snrs", type=float, nargs="+", help="SNRs (values of --snrs) with an attribution report")
     study.add_argument("--seeds", type=int, help="seeds per point (default 3)")
     study.add_argument("--penalty", type=float, help="ridge penalty of the MLR fit (default 1e-3)")
+    study.add_argument("--workers", type=_positive, default=2, help="worker processes (default 2)")
 
     theorem = sub.add_parser("theorem", help="dense eigh vs Theorem 8.1, Monte Carlo convergence to Lemma 8.1, sympy derivations")
     common(theorem, "runs/theorem")
@@ -65,8 +68,13 @@ def _set_threads(n: int) -> None:
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in _BLAS_THREADS:  # before numpy loads its BLAS here, and inherited by the worker processes
+        os.environ[name] = str(args.threads)
     try:  # every setting is checked here, before any work
         if args.command == "study":
             from .study import configure, run_cli
@@ -87,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m simulate {args.command}: error: {err}", file=sys.stderr)
         return 2
     _set_threads(args.threads)
-    run_cli(args.out, settings)
+    if args.command == "study":
+        run_cli(args.out, settings, workers=args.workers, threads=args.threads)
+    else:
+        run_cli(args.out, settings)
     return 0
 
 

@@ -40,11 +40,13 @@ the top eigenvector of ``U^c``) then gives the outlier
 
     lambda_out ~ beta (s (1 - alpha) + b) + beta (1 - alpha) gamma_c (1 + s) / s,
 
-i.e. the ratio ``r ~ 1 + k (s + gamma_c + gamma_c/s)``, ``k = (1 - alpha)/b``: the outliers
-leave the bulk where this crosses the edge ratio ``(1 + sqrt(gamma_eff))^2``. Inverting it
-gives a finite-sample-corrected SNR and error prediction (``predicted_error_bbp``). The
-study checks (i) and (ii) on the symmetric-probability Fisher (no training) and on the
-trained one.
+i.e. the ratio ``r ~ 1 + k (s + gamma_c + gamma_c/s)``, ``k = (1 - alpha)/b``, and the
+outlier eigenvectors keep the squared overlap ``(1 - gamma_c/s^2) / (1 + gamma_c/s)`` with the
+signal space ``span(e_0..e_{C-1}) (x) R^C`` (Paul 2007), zero below ``s = sqrt(gamma_c)``: the
+outliers leave the bulk at ``s* = sqrt(D/n)`` and carry half their mass in the signal space
+at ``s_1/2 = (gamma_c + sqrt(gamma_c^2 + 8 gamma_c))/2``. Inverting the ratio gives a
+finite-sample-corrected SNR and error prediction (``predicted_error_bbp``). The study checks
+(i) and (ii) on the symmetric-probability Fisher (no training) and on the trained one.
 
 **Asymmetric probabilities.** Class means ``sqrt(s (1 + eta (2c/(C-1) - 1))) e_c`` (average
 SNR ``s``) make the probabilities differ by class; the prediction is compared with the
@@ -95,6 +97,8 @@ __all__ = [
     "effective_aspect_ratio",
     "finite_sample_ratio",
     "snr_from_finite_sample_ratio",
+    "predicted_overlap",
+    "half_overlap_snr",
     "measure_point",
     "symmetric_point",
     "run_study",
@@ -131,7 +135,8 @@ class StudySettings:
 
 
 def study_settings(quick: bool = False) -> StudySettings:
-    """The default study (about two minutes on two free cores) or the ``quick`` one (tests)."""
+    """The default study (about two minutes on two free cores with two workers) or the
+    ``quick`` one (tests)."""
     if quick:
         snrs = (0.5, 2.0, 6.0, 16.0)
         return StudySettings(
@@ -141,7 +146,7 @@ def study_settings(quick: bool = False) -> StudySettings:
         )
     snrs = tuple(float(v) for v in np.round(np.geomspace(0.25, 24.0, 12), 3))
     return StudySettings(
-        classes=(3, 10), dim=60, n_per_class=300, n_test_per_class=2000, snrs=snrs, seeds=3, penalty=1e-3,
+        classes=(3, 10), dim=40, n_per_class=200, n_test_per_class=2000, snrs=snrs, seeds=3, penalty=1e-3,
         attribution_snrs=(snrs[2], snrs[6], snrs[10]), asymmetry=(0.0, 0.3, 0.6, 0.9), asymmetry_snr=4.0,
         asymmetry_classes=10,
     )
@@ -202,6 +207,19 @@ def finite_sample_ratio(snr: float, num_classes: int, alpha: float, gamma: float
     return 1.0 + k * ((1.0 + math.sqrt(gamma)) ** 2 - 1.0)
 
 
+def predicted_overlap(snr: float, gamma: float) -> float:
+    """Squared overlap of a spiked sample covariance's top eigenvector with the spike (Paul 2007),
+    ``(1 - gamma/s^2) / (1 + gamma/s)`` for ``s > sqrt(gamma)``, else 0."""
+    if snr <= math.sqrt(gamma):
+        return 0.0
+    return (1.0 - gamma / snr**2) / (1.0 + gamma / snr)
+
+
+def half_overlap_snr(gamma: float) -> float:
+    """The SNR where :func:`predicted_overlap` is 1/2: ``(gamma + sqrt(gamma^2 + 8 gamma)) / 2``."""
+    return 0.5 * (gamma + math.sqrt(gamma * gamma + 8.0 * gamma))
+
+
 def snr_from_finite_sample_ratio(ratio: float, num_classes: int, alpha: float, gamma: float) -> tuple[float, bool]:
     """Invert :func:`finite_sample_ratio` for ``s``; returns ``(s_hat, below)`` where ``below``
     says the ratio is at or under the transition value (then ``s_hat = sqrt(gamma)``, an
@@ -223,7 +241,10 @@ class FisherSpectrum:
     deflated Lanczos density with the null mass removed (a check of the estimator),
     the mini-bulk mean (trace on the class-mean span minus the outliers, over its
     ``C(C-2)`` eigenvalues), the bulk's top eigenvalue (``bulk_edge``, the largest
-    eigenvalue of ``G`` on the complement) and the moment-matched aspect ratio."""
+    eigenvalue of ``G`` on the complement), the moment-matched aspect ratio, the number of
+    outliers above ``bulk_edge`` and ``signal_overlap``, the mean squared overlap of the top
+    ``C`` eigenvectors with the true signal space ``span(e_0..e_{C-1}) (x) R^C`` (its first
+    ``C^2`` coordinates)."""
 
     outliers: np.ndarray
     outlier_residuals: np.ndarray
@@ -235,6 +256,7 @@ class FisherSpectrum:
     gamma_eff: float
     predicted_bulk_edge: float
     num_separated: int
+    signal_overlap: float
     trace: float
     subspace_iterations: int
 
@@ -276,6 +298,7 @@ def fisher_spectrum(
         gamma_eff=gamma,
         predicted_bulk_edge=bulk * (1 + math.sqrt(gamma)) ** 2,
         num_separated=int(np.sum(pairs.eigenvalues > edge)),
+        signal_overlap=float((pairs.eigenvectors[: C * C].to(torch.float64) ** 2).sum() / C),
         trace=total,
         subspace_iterations=pairs.num_iterations,
     )
@@ -382,8 +405,8 @@ def measure_point(st: StudySettings, num_classes: int, snr: float, seed: int, et
 
 @dataclass(frozen=True)
 class SymmetricPoint:
-    """The Fisher under symmetric probabilities ``p_c`` (alpha = the trained points' mean at
-    this ``(C, s)``) on the same training sizes, dense ``eigh``: the random-matrix part of the
+    """The Fisher under symmetric probabilities ``p_c`` (alpha = that of the trained seed-0
+    point at this ``(C, s)``) on the same training sizes, dense ``eigh``: the random-matrix part of the
     finite-sample story without the training. ``outliers`` = top ``C``; ``bulk``, ``bulk_edge``
     as in :class:`FisherSpectrum`; predictions from the module's formulas."""
 
@@ -399,6 +422,8 @@ class SymmetricPoint:
     finite_sample_ratio: float
     theorem_ratio: float
     num_separated: int
+    signal_overlap: float
+    predicted_overlap: float
 
 
 def symmetric_point(st: StudySettings, num_classes: int, snr: float, alpha: float, seed: int) -> SymmetricPoint:
@@ -410,12 +435,14 @@ def symmetric_point(st: StudySettings, num_classes: int, snr: float, alpha: floa
     G = monte_carlo_fisher(C, D, snr, alpha, n, 10_000 + seed)
     data = canonical_mixture(C, D, snr).sample(n, 10_000 + seed)  # the same draw as inside monte_carlo_fisher
     Q = class_mean_basis(data.X, data.labels, C)
-    Qf = np.kron(Q, np.eye(C))
-    evals = np.linalg.eigvalsh(G)[::-1]
-    proj = np.eye(C * D) - Qf @ Qf.T
-    compressed = proj @ G @ proj
-    bulk = float(np.trace(compressed)) / ((D - C) * (C - 1))
-    edge = float(np.linalg.eigvalsh(compressed)[-1])
+    Qf = torch.as_tensor(np.kron(Q, np.eye(C)))
+    Gt = torch.as_tensor(G)  # torch: its thread setting holds, unlike that of numpy's BLAS
+    evals, vecs = torch.linalg.eigh(Gt)
+    evals, top = evals.numpy()[::-1], vecs.numpy()[:, ::-1][:, :C]
+    proj = torch.eye(C * D, dtype=torch.float64) - Qf @ Qf.T
+    compressed = proj @ Gt @ proj
+    bulk = float(torch.trace(compressed)) / ((D - C) * (C - 1))
+    edge = float(torch.linalg.eigvalsh(compressed)[-1])
     probs = symmetric_probabilities(C, alpha)[data.labels]
     gamma = effective_aspect_ratio(probs, D, C)
     out = evals[:C]
@@ -425,6 +452,8 @@ def symmetric_point(st: StudySettings, num_classes: int, snr: float, alpha: floa
         ratio=float(out.mean() / bulk), finite_sample_ratio=finite_sample_ratio(snr, C, alpha, D / n),
         theorem_ratio=theorem_eigenvalues(C, D, snr, alpha).outlier_to_bulk,
         num_separated=int(np.sum(out > edge)),
+        signal_overlap=float((top[: C * C] ** 2).sum() / C),
+        predicted_overlap=predicted_overlap(snr, D / n),
     )
 
 
@@ -476,7 +505,8 @@ class Study:
 
 
 def _transition(snrs: np.ndarray, curve: np.ndarray, edge: np.ndarray) -> float | None:
-    """First SNR (log-linear interpolation) where ``curve`` exceeds ``edge`` for good."""
+    """First SNR (log-linear interpolation) where ``curve`` exceeds ``edge`` for good
+    (``None`` if it never does; the first SNR if it always does)."""
     above = curve > edge
     if not above.any() or above.all():
         return None if not above.any() else float(snrs[0])
@@ -523,21 +553,23 @@ def _summary(st: StudySettings, points: list[PointResult], symmetric: list[Symme
         good = snrs[rel <= 0.25]
         sym = sorted((q for q in symmetric if q.num_classes == C), key=lambda q: q.snr)
         sep = np.array([np.mean([p.spectrum.num_separated for p in grp]) for grp in by_s])
-        edge_ratio = np.array([np.mean([p.spectrum.bulk_edge / p.spectrum.bulk for p in grp]) for grp in by_s])
+        half = np.full(snrs.size, 0.5)
+        sym_s = np.array([q.snr for q in sym])
         out["per_class"][str(C)] = {
             "largest_gap": {"predicted_minus_test": float(w.predicted_error - w.test_error), "snr": w.snr, "seed": w.seed,
                             "predicted_error": w.predicted_error, "test_error": w.test_error},
             "snrs_within_25_percent": good.tolist(),
             "mean_num_separated": sep.tolist(),
             "num_separated_at_highest_snr": [p.spectrum.num_separated for p in by_s[-1]],
-            "transition_measured_trained": _transition(snrs, mean("ratio"), edge_ratio),
-            "transition_predicted_trained": _transition(snrs, mean("finite_sample_ratio"),
-                                                        np.array([np.mean([(1 + math.sqrt(p.spectrum.gamma_eff)) ** 2 for p in grp]) for grp in by_s])),
-            "transition_measured_symmetric": _transition(np.array([q.snr for q in sym]), np.array([q.ratio for q in sym]),
-                                                         np.array([q.bulk_edge / q.bulk for q in sym])) if sym else None,
-            "transition_predicted_symmetric": _transition(np.array([q.snr for q in sym]), np.array([q.finite_sample_ratio for q in sym]),
-                                                          np.array([q.predicted_bulk_edge / q.bulk for q in sym])) if sym else None,
+            "bbp_threshold": math.sqrt(st.dim / st.n_per_class),
+            "half_overlap_predicted": half_overlap_snr(st.dim / st.n_per_class),
+            "half_overlap_measured_trained": _transition(snrs, np.array([np.mean([p.spectrum.signal_overlap for p in g]) for g in by_s]), half),
+            "half_overlap_measured_symmetric": _transition(sym_s, np.array([q.signal_overlap for q in sym]), half[: sym_s.size]) if sym else None,
+            "symmetric_overlap_abs_error_above": float(np.max(np.abs([q.signal_overlap - q.predicted_overlap for q in sym if q.snr >= 2 * math.sqrt(st.dim / st.n_per_class)]), initial=0.0)),
+            "trained_overlap_abs_error_above": float(np.max(np.abs([p.spectrum.signal_overlap - predicted_overlap(p.snr, st.dim / st.n_per_class) for p in pts if p.snr >= 2 * math.sqrt(st.dim / st.n_per_class)]), initial=0.0)),
             "symmetric_outlier_rel_error_formula": [float(q.ratio / q.finite_sample_ratio - 1) for q in sym],
+            "symmetric_outlier_rel_error_formula_above": float(np.max(np.abs([q.ratio / q.finite_sample_ratio - 1 for q in sym if q.snr >= 2 * math.sqrt(st.dim / st.n_per_class)]), initial=0.0)),
+            "trained_outlier_rel_error_formula_above": float(np.max(np.abs([p.ratio / p.finite_sample_ratio - 1 for p in pts if p.snr >= 2 * math.sqrt(st.dim / st.n_per_class)]), initial=0.0)),
             "symmetric_outlier_rel_error_theorem": [float(q.ratio / q.theorem_ratio - 1) for q in sym],
             "symmetric_edge_rel_error": [float(q.predicted_bulk_edge / q.bulk_edge - 1) for q in sym],
             "bulk_vs_theorem_rel": [float(np.mean([p.spectrum.bulk / p.theorem_bulk for p in grp]) - 1) for grp in by_s],
@@ -561,29 +593,57 @@ def _summary(st: StudySettings, points: list[PointResult], symmetric: list[Symme
     return out
 
 
-def run_study(st: StudySettings, show_progress: bool = True, attribution_folder: RunFolder | None = None) -> Study:
-    """Run the study (settings validated first); attribution reports are saved in
-    ``attribution_folder`` when given."""
+def _init_worker(threads: int) -> None:
+    import numba
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def _run_job(
+    st: StudySettings, C: int, snr: float, seed: int, eta: float, attribution: bool, folder: str | None
+) -> tuple[PointResult, SymmetricPoint | None, AttributionSummary | None]:
+    """One point of the study; for seed 0 of the canonical model also the symmetric-probability
+    Fisher at the measured alpha, and the attribution when asked (its report saved in ``folder``)."""
+    result, objects = measure_point(st, C, snr, st.seed + seed, eta)
+    symmetric = symmetric_point(st, C, snr, result.alpha_used, st.seed) if seed == 0 and eta == 0.0 else None
+    summary = _attribution(st, C, snr, objects, st.seed) if attribution else None
+    if summary is not None and folder is not None:
+        summary.report.save(RunFolder(folder), summary.file_prefix)
+    return result, symmetric, summary
+
+
+def run_study(st: StudySettings, show_progress: bool = True, attribution_folder: RunFolder | None = None,
+              workers: int = 1, threads: int = 1) -> Study:
+    """Run the study (settings validated first) on ``workers`` processes of ``threads`` threads
+    each (points are seeded independently, so the numbers do not depend on either);
+    attribution reports are saved in ``attribution_folder`` when given."""
     st = validate_settings(st)
+    check_positive(workers, "--workers")
     start = time.perf_counter()
-    jobs = [("main", C, s, seed, 0.0) for C in st.classes for s in st.snrs for seed in range(st.seeds)]
-    jobs += [("asym", st.asymmetry_classes, st.asymmetry_snr, seed, eta) for eta in st.asymmetry for seed in range(st.seeds)]
-    points: list[PointResult] = []
-    asym: list[PointResult] = []
-    attributions: list[AttributionSummary] = []
-    for kind, C, s, seed, eta in progress(jobs, desc="study", enabled=show_progress):
-        result, objects = measure_point(st, C, s, st.seed + seed, eta)
-        (points if kind == "main" else asym).append(result)
-        if kind == "main" and seed == 0 and any(math.isclose(a, s) for a in st.attribution_snrs):
-            summary = _attribution(st, C, s, objects, st.seed)
-            attributions.append(summary)
-            if attribution_folder is not None:
-                summary.report.save(attribution_folder, summary.file_prefix)
-    symmetric = []
-    for C in st.classes:
-        for s in st.snrs:
-            alpha = float(np.mean([p.alpha_used for p in points if p.num_classes == C and p.snr == s]))
-            symmetric.append(symmetric_point(st, C, s, alpha, st.seed))
+    folder = None if attribution_folder is None else str(attribution_folder.path)
+    jobs = [("main", C, s, seed, 0.0, seed == 0 and any(math.isclose(a, s) for a in st.attribution_snrs), folder)
+            for C in st.classes for s in st.snrs for seed in range(st.seeds)]
+    jobs += [("asym", st.asymmetry_classes, st.asymmetry_snr, seed, eta, False, None) for eta in st.asymmetry for seed in range(st.seeds)]
+    results: list[tuple[PointResult, SymmetricPoint | None, AttributionSummary | None] | None] = [None] * len(jobs)
+    if workers == 1:
+        for k, job in enumerate(progress(jobs, desc="study", enabled=show_progress)):
+            results[k] = _run_job(st, *job[1:])
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # largest first (attribution, then by Fisher size) so that the workers finish together
+        order = sorted(range(len(jobs)), key=lambda k: (jobs[k][5], jobs[k][1]), reverse=True)
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding thread pools
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_job, st, *jobs[k][1:]): k for k in order}
+            for future in progress(as_completed(futures), total=len(futures), desc="study", enabled=show_progress):
+                results[futures[future]] = future.result()
+    points = [r[0] for job, r in zip(jobs, results) if job[0] == "main"]
+    asym = [r[0] for job, r in zip(jobs, results) if job[0] == "asym"]
+    symmetric = [r[1] for r in results if r[1] is not None]
+    attributions = [r[2] for r in results if r[2] is not None]
     return Study(st, points, symmetric, asym, attributions, _summary(st, points, symmetric, asym), time.perf_counter() - start)
 
 
@@ -708,13 +768,16 @@ def plot_predicted_vs_measured(study: Study):
 
 
 def plot_finite_samples(study: Study):
-    """Per ``C``: ratios to the bulk mean vs SNR: mean outlier (trained, symmetric
-    probabilities), bulk edge (measured, and moment-matched Marchenko-Pastur), Theorem
-    8.1's ratio and the finite-sample formula."""
+    """Per ``C`` (columns). Top: eigenvalue / bulk mean vs SNR: mean outlier (trained and
+    symmetric probabilities), bulk top (measured; moment-matched Marchenko-Pastur edge),
+    Theorem 8.1 and the finite-sample formula. Bottom: squared overlap of the top-``C``
+    eigenvectors with the signal space vs Paul's formula; the BBP threshold ``sqrt(D/n)``."""
     plt = _plt()
     classes = study.settings.classes
-    fig, axes = plt.subplots(1, len(classes), figsize=(5.4 * len(classes), 4.2), squeeze=False)
-    for ax, C in zip(axes[0], classes):
+    gamma = study.settings.dim / study.settings.n_per_class
+    fig, axes = plt.subplots(2, len(classes), figsize=(5.4 * len(classes), 7.6), squeeze=False)
+    for col, C in enumerate(classes):
+        ax = axes[0, col]
         snrs, ratio = _by_snr(study.points, C, lambda p: p.ratio)
         _, edge = _by_snr(study.points, C, lambda p: p.spectrum.bulk_edge / p.spectrum.bulk)
         _, edge_mp = _by_snr(study.points, C, lambda p: p.spectrum.predicted_bulk_edge / p.spectrum.bulk)
@@ -722,22 +785,29 @@ def plot_finite_samples(study: Study):
         _, fs = _by_snr(study.points, C, lambda p: p.finite_sample_ratio)
         sym = sorted((q for q in study.symmetric if q.num_classes == C), key=lambda q: q.snr)
         ax.plot(snrs, ratio, "o", color="tab:blue", label="trained: mean top-C / bulk")
-        ax.plot(snrs, edge, "s", color="tab:gray", ms=4, label="trained: bulk edge (measured)")
+        ax.plot(snrs, edge, "s", color="tab:gray", ms=4, label="trained: bulk top (measured)")
         ax.plot(snrs, edge_mp, "-", color="tab:gray", lw=1, label="trained: MP edge (1+sqrt(gamma_eff))^2")
         ax.plot([q.snr for q in sym], [q.ratio for q in sym], "^", color="tab:green", label="symmetric p: mean top-C / bulk")
-        ax.plot([q.snr for q in sym], [q.bulk_edge / q.bulk for q in sym], "v", color="tab:olive", ms=4, label="symmetric p: bulk edge (measured)")
+        ax.plot([q.snr for q in sym], [q.bulk_edge / q.bulk for q in sym], "v", color="tab:olive", ms=4, label="symmetric p: bulk top (measured)")
         ax.plot([q.snr for q in sym], [q.predicted_bulk_edge / q.bulk for q in sym], "--", color="tab:olive", lw=1, label="symmetric p: MP edge")
         ax.plot(snrs, theo, "k-", lw=1.2, label="Theorem 8.1 (N = inf)")
         ax.plot(snrs, fs, "k--", lw=1.2, label="finite-sample formula")
-        t = study.summary["per_class"][str(C)]
-        if t["transition_predicted_symmetric"] is not None:
-            ax.axvline(t["transition_predicted_symmetric"], color="tab:olive", ls=":", lw=1)
-        ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("SNR s")
         ax.set_ylabel("eigenvalue / bulk mean")
-        ax.set_title(f"C={C}: outliers leave the bulk (D/n = {study.settings.dim / study.settings.n_per_class:.2f})", fontsize=9)
-        ax.legend(fontsize=6)
+        ax.set_title(f"C={C}, D={study.settings.dim}, n={study.settings.n_per_class} per class (D/n = {gamma:.2f})", fontsize=9)
+        ax = axes[1, col]
+        _, ov = _by_snr(study.points, C, lambda p: p.spectrum.signal_overlap)
+        ax.plot(snrs, ov, "o", color="tab:blue", label="trained")
+        ax.plot([q.snr for q in sym], [q.signal_overlap for q in sym], "^", color="tab:green", label="symmetric p")
+        fine = np.geomspace(snrs[0], snrs[-1], 300)
+        ax.plot(fine, [predicted_overlap(v, gamma) for v in fine], "k--", lw=1.2, label="Paul: (1 - g/s^2)/(1 + g/s), g = D/n")
+        ax.set_ylabel("squared overlap of top-C eigenvectors with the signal space")
+        ax.set_ylim(0, 1.02)
+        for a in axes[:, col]:
+            a.axvline(math.sqrt(gamma), color="tab:red", ls=":", lw=1, label="BBP threshold sqrt(D/n)")
+            a.set_xscale("log")
+            a.set_xlabel("SNR s")
+            a.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -779,10 +849,13 @@ def study_report(study: Study) -> str:
             f"(SNR ascending)."
         )
     lines += [
-        "* Where it fails and why: at low SNR the outliers are not separated from the bulk (finite-sample transition, "
-        "below), so the ratio measures the bulk edge, not the signal; and trained probabilities are not symmetric: "
-        "the bulk equals Ave_i tr A(p_i)/(C-1), which is below beta b at the same mean alpha when p_i varies, "
-        "so the ratio and the predicted SNR are biased up and the predicted error down.",
+        f"* Where it fails and why: below the BBP threshold s* = sqrt(D/n) = {math.sqrt(st.dim / st.n_per_class):.3f} the "
+        "top C eigenvalues are not spikes (their eigenvectors barely overlap the signal space, next section): the ratio "
+        "sits at a floor set by the class second moments' edge, not by the signal, so it over-states the SNR and the "
+        "predicted error is far too low. Above it, trained probabilities are not symmetric: the bulk is "
+        "Ave_i tr A(p_i)/(C-1), below beta b at the same mean alpha when p_i varies (table of the bulk vs beta b above), "
+        "which again biases the ratio up and the prediction down; and the prediction targets the Bayes error, while "
+        "a rule fitted on n examples per class errs more.",
         "",
         "## The measured bulk",
         "",
@@ -804,27 +877,32 @@ def study_report(study: Study) -> str:
         "beta b and aspect ratio gamma_eff = ((D-C)/N)(C-1) Ave tr(A_i^2)/(Ave tr A_i)^2, edge beta b (1+sqrt(gamma_eff))^2; "
         "each class's second moment S_c is a spiked sample covariance (spike 1+s, aspect D/n), whose top eigenvalue is "
         "(1+s)(1+(D/n)/s) above s = sqrt(D/n) (Baik-Ben Arous-Peche 2005, Baik-Silverstein 2006), giving the outlier ratio "
-        "1 + k(s + D/n + (D/n)/s), k = (1-alpha)/b. Transition SNRs (where the mean outlier crosses the bulk edge):",
+        "1 + k(s + D/n + (D/n)/s), k = (1-alpha)/b, and eigenvector overlap (1 - g/s^2)/(1 + g/s), g = D/n, with the "
+        "signal space (Paul 2007). The outliers leave the bulk at the BBP threshold s* = sqrt(D/n) "
+        f"= {math.sqrt(st.dim / st.n_per_class):.3f} and carry half their mass in the signal space at "
+        f"s_1/2 = {half_overlap_snr(st.dim / st.n_per_class):.3f} (predicted). Measured:",
         "",
-        "| C | symmetric p: measured | symmetric p: predicted | trained: measured | trained: predicted |",
+        "| C | s_1/2 symmetric p | s_1/2 trained | max abs overlap error, s >= 2 s* (symmetric / trained) | "
+        "max rel. error of the outlier ratio formula, s >= 2 s* (symmetric / trained) |",
         "|---|---|---|---|---|",
     ]
     for C in st.classes:
         pc = sm["per_class"][str(C)]
         lines.append(
-            f"| {C} | {_fmt(pc['transition_measured_symmetric'])} | {_fmt(pc['transition_predicted_symmetric'])} | "
-            f"{_fmt(pc['transition_measured_trained'])} | {_fmt(pc['transition_predicted_trained'])} |"
+            f"| {C} | {_fmt(pc['half_overlap_measured_symmetric'])} | {_fmt(pc['half_overlap_measured_trained'])} | "
+            f"{pc['symmetric_overlap_abs_error_above']:.3f} / {pc['trained_overlap_abs_error_above']:.3f} | "
+            f"{pc['symmetric_outlier_rel_error_formula_above']:.1%} / {pc['trained_outlier_rel_error_formula_above']:.1%} |"
         )
     lines.append("")
     for C in st.classes:
         pc = sm["per_class"][str(C)]
         fe, te, ee = (np.array(pc[k]) for k in ("symmetric_outlier_rel_error_formula", "symmetric_outlier_rel_error_theorem", "symmetric_edge_rel_error"))
         lines.append(
-            f"* C = {C}, symmetric probabilities: mean outlier ratio vs the finite-sample formula "
-            f"{np.min(fe):+.1%} .. {np.max(fe):+.1%} (vs Theorem 8.1: {np.min(te):+.1%} .. {np.max(te):+.1%}); "
-            f"moment-matched edge vs the measured bulk top {np.min(ee):+.1%} .. {np.max(ee):+.1%}. "
-            f"Mean number of outliers above the measured bulk edge (trained, SNR ascending): "
-            + ", ".join(f"{v:.1f}" for v in pc["mean_num_separated"]) + "."
+            f"* C = {C}, symmetric probabilities, all SNRs: mean outlier ratio vs the finite-sample formula "
+            f"{np.min(fe):+.1%} .. {np.max(fe):+.1%} (vs Theorem 8.1: {np.min(te):+.1%} .. {np.max(te):+.1%}; below s* the "
+            f"formula's floor underestimates the top of the spectrum); moment-matched edge vs the measured bulk top "
+            f"{np.min(ee):+.1%} .. {np.max(ee):+.1%}. Mean number of top-C eigenvalues above the bulk top (trained, SNR "
+            "ascending): " + ", ".join(f"{v:.1f}" for v in pc["mean_num_separated"]) + "."
         )
     lines.append(
         f"* The finite-sample inversion of the ratio gives median |predicted - test| = {sm['median_abs_gap_bbp']:.3f} "
@@ -881,11 +959,11 @@ def configure(quick: bool = False, overrides: dict[str, Any] | None = None) -> S
     return validate_settings(replace(base, **over))
 
 
-def run_cli(out: str, settings: StudySettings, show_progress: bool = True) -> Study:
-    """Run the study and write the run folder ``out``: ``results.json``, the four figures,
-    ``report.md`` and ``attribution/``."""
+def run_cli(out: str, settings: StudySettings, show_progress: bool = True, workers: int = 1, threads: int = 1) -> Study:
+    """Run the study (:func:`run_study`) and write the run folder ``out``: ``results.json``,
+    the four figures, ``report.md`` and ``attribution/``."""
     folder = RunFolder(out)
-    study = run_study(settings, show_progress=show_progress, attribution_folder=RunFolder(folder.path / "attribution"))
+    study = run_study(settings, show_progress, RunFolder(folder.path / "attribution"), workers, threads)
     folder.save_figure("spectra_attribution.png", plot_attribution(study))
     folder.save_figure("ratio_vs_error.png", plot_ratio_vs_error(study))
     folder.save_figure("predicted_vs_measured.png", plot_predicted_vs_measured(study))

@@ -200,3 +200,32 @@ def test_cli_requires_a_command(capsys):
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
+
+
+def test_paul_overlap_formula_and_half_point():
+    from simulate.study import half_overlap_snr, predicted_overlap
+
+    g = 0.2
+    assert predicted_overlap(0.9 * math.sqrt(g), g) == 0.0
+    assert predicted_overlap(half_overlap_snr(g), g) == pytest.approx(0.5, rel=1e-12)
+    assert predicted_overlap(1e6, g) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_symmetric_fisher_overlaps_follow_paul():
+    st = study_settings(quick=True)
+    gamma = st.dim / st.n_per_class
+    for s in (4 * math.sqrt(gamma), 16.0):
+        q = symmetric_point(st, 3, s, 0.3, seed=1)
+        assert q.signal_overlap == pytest.approx(q.predicted_overlap, abs=0.08)
+    low = symmetric_point(st, 3, 0.05, 0.3, seed=1)  # far below sqrt(D/n): no more than a random subspace would get
+    assert low.signal_overlap < 0.35
+
+
+def test_parallel_workers_give_the_same_numbers():
+    from simulate.study import configure, run_study
+
+    st = configure(True, {"classes": (3,), "snrs": (1.0, 8.0), "seeds": 1, "asymmetry": (0.0,)})
+    serial = run_study(st, show_progress=False, workers=1)
+    parallel = run_study(st, show_progress=False, workers=2)
+    assert [p.test_error for p in serial.points] == [p.test_error for p in parallel.points]
+    assert [p.ratio for p in serial.points] == [p.ratio for p in parallel.points]
