@@ -601,16 +601,16 @@ def _init_worker(threads: int) -> None:
 
 
 def _run_job(
-    st: StudySettings, C: int, snr: float, seed: int, eta: float, attribution: bool, folder: str | None
+    st: StudySettings, C: int, snr: float, seed: int, eta: float, symmetric: bool, attribution: bool, folder: str | None
 ) -> tuple[PointResult, SymmetricPoint | None, AttributionSummary | None]:
-    """One point of the study; for seed 0 of the canonical model also the symmetric-probability
-    Fisher at the measured alpha, and the attribution when asked (its report saved in ``folder``)."""
+    """One point of the study; when asked, also the symmetric-probability Fisher at the measured
+    alpha and the attribution (its report saved in ``folder``)."""
     result, objects = measure_point(st, C, snr, st.seed + seed, eta)
-    symmetric = symmetric_point(st, C, snr, result.alpha_used, st.seed) if seed == 0 and eta == 0.0 else None
+    sym = symmetric_point(st, C, snr, result.alpha_used, st.seed) if symmetric else None
     summary = _attribution(st, C, snr, objects, st.seed) if attribution else None
     if summary is not None and folder is not None:
         summary.report.save(RunFolder(folder), summary.file_prefix)
-    return result, symmetric, summary
+    return result, sym, summary
 
 
 def run_study(st: StudySettings, show_progress: bool = True, attribution_folder: RunFolder | None = None,
@@ -622,9 +622,9 @@ def run_study(st: StudySettings, show_progress: bool = True, attribution_folder:
     check_positive(workers, "--workers")
     start = time.perf_counter()
     folder = None if attribution_folder is None else str(attribution_folder.path)
-    jobs = [("main", C, s, seed, 0.0, seed == 0 and any(math.isclose(a, s) for a in st.attribution_snrs), folder)
+    jobs = [("main", C, s, seed, 0.0, seed == 0, seed == 0 and any(math.isclose(a, s) for a in st.attribution_snrs), folder)
             for C in st.classes for s in st.snrs for seed in range(st.seeds)]
-    jobs += [("asym", st.asymmetry_classes, st.asymmetry_snr, seed, eta, False, None) for eta in st.asymmetry for seed in range(st.seeds)]
+    jobs += [("asym", st.asymmetry_classes, st.asymmetry_snr, seed, eta, False, False, None) for eta in st.asymmetry for seed in range(st.seeds)]
     results: list[tuple[PointResult, SymmetricPoint | None, AttributionSummary | None] | None] = [None] * len(jobs)
     if workers == 1:
         for k, job in enumerate(progress(jobs, desc="study", enabled=show_progress)):
@@ -634,7 +634,7 @@ def run_study(st: StudySettings, show_progress: bool = True, attribution_folder:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         # largest first (attribution, then by Fisher size) so that the workers finish together
-        order = sorted(range(len(jobs)), key=lambda k: (jobs[k][5], jobs[k][1]), reverse=True)
+        order = sorted(range(len(jobs)), key=lambda k: (jobs[k][6], jobs[k][1]), reverse=True)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding thread pools
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(_run_job, st, *jobs[k][1:]): k for k in order}
