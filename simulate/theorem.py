@@ -38,6 +38,7 @@ __all__ = [
     "TheoremStudy",
     "theorem_settings",
     "eigen_grid_point",
+    "symmetric_fisher",
     "monte_carlo_fisher",
     "fisher_convergence",
     "run_theorem_study",
@@ -110,18 +111,25 @@ def eigen_grid_point(num_classes: int, dim: int, snr: float, alpha: float) -> Gr
     return GridPoint(num_classes, dim, float(snr), float(alpha), scale, float(np.max(np.abs(dense - theory)) / scale))
 
 
-def monte_carlo_fisher(num_classes: int, dim: int, snr: float, alpha: float, n_per_class: int, seed: int) -> np.ndarray:
-    """The empirical Fisher under symmetric probabilities, ``(1/N) sum_i (x_i x_i^T) (x) A(p_{c_i})``
-    ``= Ave_c S_c (x) U^c``, on ``n_per_class`` examples per class of the canonical model
-    (``vec(W)`` in ``D`` blocks of ``C``, as :func:`theory.mlr.expected_fisher`)."""
-    C = num_classes
+def symmetric_fisher(X: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float) -> np.ndarray:
+    """The empirical Fisher under symmetric probabilities, dense:
+    ``(1/N) sum_i (x_i x_i^T) (x) A(p_{c_i}) = sum_c (N_c/N) S_c (x) U^c`` with
+    ``S_c = X_c^T X_c / N_c`` and ``U^c = A(p_c)`` (``vec(W)`` in ``D`` blocks of ``C``, as
+    :func:`theory.mlr.expected_fisher`)."""
+    C, (N, D) = num_classes, X.shape
     U = logit_hessian(symmetric_probabilities(C, alpha))
-    data = canonical_mixture(C, dim, snr).sample(n_per_class, seed)
-    G = np.zeros((C * dim, C * dim))
+    G = np.zeros((C * D, C * D))
     for c in range(C):
-        Xc = data.X[data.labels == c]
-        G += np.kron(Xc.T @ Xc / Xc.shape[0], U[c])
-    return G / C
+        Xc = X[labels == c]
+        G += np.kron(Xc.T @ Xc / N, U[c])
+    return G
+
+
+def monte_carlo_fisher(num_classes: int, dim: int, snr: float, alpha: float, n_per_class: int, seed: int) -> np.ndarray:
+    """:func:`symmetric_fisher` on ``n_per_class`` examples per class of the canonical model
+    drawn from ``seed``."""
+    data = canonical_mixture(num_classes, dim, snr).sample(n_per_class, seed)
+    return symmetric_fisher(data.X, data.labels, num_classes, alpha)
 
 
 @dataclass(frozen=True)
