@@ -548,8 +548,10 @@ def _summary(st: StudySettings, points: list[PointResult], symmetric: list[Symme
         snrs = np.array(st.snrs)
         by_s = [[p for p in pts if p.snr == s] for s in snrs]
         mean = lambda key: np.array([np.mean([getattr(p, key) for p in g]) for g in by_s])  # noqa: E731
-        g = np.array([p.predicted_error - p.test_error for p in pts])
-        w = pts[int(np.argmax(np.abs(g)))]
+        gaps_c = np.array([p.predicted_error - p.test_error for p in pts])
+        w = pts[int(np.argmax(np.abs(gaps_c)))]
+        gamma = st.dim / st.n_per_class
+        above = 2.0 * math.sqrt(gamma)  # well above the BBP threshold
         rel = np.abs(mean("predicted_error") - mean("test_error")) / np.maximum(mean("test_error"), 0.01)
         good = snrs[rel <= 0.25]
         sym = sorted((q for q in symmetric if q.num_classes == C), key=lambda q: q.snr)
@@ -562,17 +564,17 @@ def _summary(st: StudySettings, points: list[PointResult], symmetric: list[Symme
             "snrs_within_25_percent": good.tolist(),
             "mean_num_separated": sep.tolist(),
             "num_separated_at_highest_snr": [p.spectrum.num_separated for p in by_s[-1]],
-            "bbp_threshold": math.sqrt(st.dim / st.n_per_class),
+            "bbp_threshold": math.sqrt(gamma),
             "bulk_top_over_mean_trained": [float(np.mean([p.spectrum.bulk_edge / p.spectrum.bulk for p in g])) for g in by_s],
             "mp_edge_over_mean_trained": [float(np.mean([p.spectrum.predicted_bulk_edge / p.spectrum.bulk for p in g])) for g in by_s],
-            "half_overlap_predicted": half_overlap_snr(st.dim / st.n_per_class),
+            "half_overlap_predicted": half_overlap_snr(gamma),
             "half_overlap_measured_trained": _transition(snrs, np.array([np.mean([p.spectrum.signal_overlap for p in g]) for g in by_s]), half),
             "half_overlap_measured_symmetric": _transition(sym_s, np.array([q.signal_overlap for q in sym]), half[: sym_s.size]) if sym else None,
-            "symmetric_overlap_abs_error_above": float(np.max(np.abs([q.signal_overlap - q.predicted_overlap for q in sym if q.snr >= 2 * math.sqrt(st.dim / st.n_per_class)]), initial=0.0)),
-            "trained_overlap_abs_error_above": float(np.max(np.abs([p.spectrum.signal_overlap - predicted_overlap(p.snr, st.dim / st.n_per_class) for p in pts if p.snr >= 2 * math.sqrt(st.dim / st.n_per_class)]), initial=0.0)),
+            "symmetric_overlap_abs_error_above": float(np.max(np.abs([q.signal_overlap - q.predicted_overlap for q in sym if q.snr >= above]), initial=0.0)),
+            "trained_overlap_abs_error_above": float(np.max(np.abs([p.spectrum.signal_overlap - predicted_overlap(p.snr, gamma) for p in pts if p.snr >= above]), initial=0.0)),
             "symmetric_outlier_rel_error_formula": [float(q.ratio / q.finite_sample_ratio - 1) for q in sym],
-            "symmetric_outlier_rel_error_formula_above": float(np.max(np.abs([q.ratio / q.finite_sample_ratio - 1 for q in sym if q.snr >= 2 * math.sqrt(st.dim / st.n_per_class)]), initial=0.0)),
-            "trained_outlier_rel_error_formula_above": float(np.max(np.abs([p.ratio / p.finite_sample_ratio - 1 for p in pts if p.snr >= 2 * math.sqrt(st.dim / st.n_per_class)]), initial=0.0)),
+            "symmetric_outlier_rel_error_formula_above": float(np.max(np.abs([q.ratio / q.finite_sample_ratio - 1 for q in sym if q.snr >= above]), initial=0.0)),
+            "trained_outlier_rel_error_formula_above": float(np.max(np.abs([p.ratio / p.finite_sample_ratio - 1 for p in pts if p.snr >= above]), initial=0.0)),
             "symmetric_outlier_rel_error_theorem": [float(q.ratio / q.theorem_ratio - 1) for q in sym],
             "symmetric_edge_rel_error": [float(q.predicted_bulk_edge / q.bulk_edge - 1) for q in sym],
             "bulk_vs_theorem_rel": [float(np.mean([p.spectrum.bulk / p.theorem_bulk for p in grp]) - 1) for grp in by_s],
