@@ -139,10 +139,10 @@ def study_settings(quick: bool = False) -> StudySettings:
     """The default study (about two minutes on two free cores with two workers) or the
     ``quick`` one (tests)."""
     if quick:
-        snrs = (0.5, 2.0, 6.0, 16.0)
+        snrs = (0.5, 2.0, 6.0, 30.0)
         return StudySettings(
             classes=(3,), dim=24, n_per_class=120, n_test_per_class=1000, snrs=snrs, seeds=2, penalty=1e-3,
-            attribution_snrs=(0.5, 6.0, 16.0), asymmetry=(0.0, 0.8), asymmetry_snr=6.0, asymmetry_classes=3,
+            attribution_snrs=(0.5, 6.0, 30.0), asymmetry=(0.0, 0.8), asymmetry_snr=6.0, asymmetry_classes=3,
             density_steps=48, density_repeats=3,
         )
     snrs = tuple(float(v) for v in np.round(np.geomspace(0.25, 24.0, 12), 3))

@@ -146,8 +146,9 @@ def test_study_numbers_are_sane(quick_study):
         C = p["num_classes"]
         assert 0 < p["alpha"] < 1 - 1 / C + 1e-9
         assert p["spectrum"]["bulk"] > 0 and p["ratio"] >= 1
-        if p["snr"] == top:  # well separated: C outliers above the bulk, ratio grows with the SNR
+        if p["snr"] == top:  # well separated: C outliers above the bulk, in the signal space
             assert p["spectrum"]["num_separated"] == C
+            assert p["spectrum"]["signal_overlap"] > 0.8
             assert p["ratio"] > 3
     low = [p["ratio"] for p in pts if p["snr"] == min(x["snr"] for x in pts)]
     high = [p["ratio"] for p in pts if p["snr"] == top]
@@ -224,7 +225,7 @@ def test_symmetric_fisher_overlaps_follow_paul():
 def test_parallel_workers_give_the_same_numbers():
     from simulate.study import configure, run_study
 
-    st = configure(True, {"classes": (3,), "snrs": (1.0, 8.0), "seeds": 1, "asymmetry": (0.0,)})
+    st = configure(True, {"classes": (3,), "snrs": (1.0, 8.0), "seeds": 1, "asymmetry": (0.0,), "attribution_snrs": ()})
     serial = run_study(st, show_progress=False, workers=1)
     parallel = run_study(st, show_progress=False, workers=2)
     assert [p.test_error for p in serial.points] == [p.test_error for p in parallel.points]
