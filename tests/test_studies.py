@@ -229,4 +229,6 @@ def test_parallel_workers_give_the_same_numbers():
     serial = run_study(st, show_progress=False, workers=1)
     parallel = run_study(st, show_progress=False, workers=2)
     assert [p.test_error for p in serial.points] == [p.test_error for p in parallel.points]
-    assert [p.ratio for p in serial.points] == [p.ratio for p in parallel.points]
+    # same numbers up to the reduction order of BLAS (this process may run more threads than the workers)
+    np.testing.assert_allclose([p.ratio for p in serial.points], [p.ratio for p in parallel.points], rtol=1e-12)
+    np.testing.assert_allclose([p.predicted_error for p in serial.points], [p.predicted_error for p in parallel.points], rtol=1e-9)
