@@ -60,14 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set_threads(n: int) -> None:
-    import numba
-    import torch
-
-    torch.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-
-
 _BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -94,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as err:
         print(f"python -m simulate {args.command}: error: {err}", file=sys.stderr)
         return 2
-    _set_threads(args.threads)
+    from .study import set_threads
+
+    set_threads(args.threads)
     if args.command == "study":
         run_cli(args.out, settings, workers=args.workers, threads=args.threads)
     else:

@@ -103,6 +103,7 @@ __all__ = [
     "measure_point",
     "symmetric_point",
     "run_study",
+    "set_threads",
     "study_report",
     "configure",
     "run_cli",
@@ -598,7 +599,9 @@ def _summary(st: StudySettings, points: list[PointResult], symmetric: list[Symme
     return out
 
 
-def _init_worker(threads: int) -> None:
+def set_threads(threads: int) -> None:
+    """Threads of torch and Numba in this process (numpy's BLAS reads its count from the
+    environment when it loads: ``python -m simulate`` sets it first)."""
     import numba
 
     torch.set_num_threads(threads)
@@ -641,7 +644,7 @@ def run_study(st: StudySettings, show_progress: bool = True, attribution_folder:
         # largest first (attribution, then by Fisher size) so that the workers finish together
         order = sorted(range(len(jobs)), key=lambda k: (jobs[k][6], jobs[k][1]), reverse=True)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding thread pools
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=set_threads, initargs=(threads,)) as pool:
             futures = {pool.submit(_run_job, st, *jobs[k][1:]): k for k in order}
             for future in progress(as_completed(futures), total=len(futures), desc="study", enabled=show_progress):
                 results[futures[future]] = future.result()
