@@ -9,10 +9,13 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(PY) -m theory.synthetic --out runs/synthetic
+	$(PY) -m simulate study --out runs/study
 
 test: setup
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) bench/spectral.py
+	$(PY) bench/structure.py
+	$(PY) bench/mlr.py
+	$(PY) bench/mlr_closed_forms.py
