@@ -7,7 +7,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(PY) -m theory.demo --out runs/demo
+	$(PY) -m theory.synthetic --out runs/synthetic
 
 test: setup
 	$(PY) -m pytest

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .results import to_jsonable
 
 __all__ = ["RunFolder"]
@@ -43,6 +45,10 @@ class RunFolder:
 
     def write_text(self, name: str, text: str) -> Path:
         return self._atomic_write(name, lambda h: h.write(text))
+
+    def save_torch(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` with ``torch.save`` (state dicts, checkpoints)."""
+        return self._atomic_write(name, lambda h: torch.save(obj, h), mode="wb")
 
     def save_figure(self, name: str, figure: Any, dpi: int = 120) -> Path:
         """Save a matplotlib figure (format from the suffix of ``name``) and close it."""

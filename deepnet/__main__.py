@@ -1,0 +1,44 @@
+"""``python -m deepnet COMMAND ...``: a thin dispatcher. Each command lives in a
+module exposing ``add_arguments(parser)`` and ``run(args) -> int``, imported only
+when that command is run. Bad input (``ValueError``, ``FileNotFoundError``) ends
+the command with its message and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = {
+    "train": ("deepnet.train", "train a network with the papers' protocol and write a run folder"),
+    "spectrum": ("deepnet.spectrum", "Hessian / G / E spectra of a trained checkpoint"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deepnet", description="Train the papers' networks and compute their spectra; each command writes a run folder."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, summary) in COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
+    known, rest = parser.parse_known_args(argv)
+    module_name, summary = COMMANDS[known.command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        parser.error(f"command {known.command!r} is not available in this installation ({module_name} is missing)")
+    command = argparse.ArgumentParser(prog=f"python -m deepnet {known.command}", description=summary)
+    module.add_arguments(command)
+    args = command.parse_args(rest)
+    try:
+        return int(module.run(args))
+    except (ValueError, FileNotFoundError) as error:  # bad input: the message, not a traceback
+        command.exit(2, f"{command.prog}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,651 @@
+"""Training with the papers' protocol (PAPER.md section 9), resumable and deterministic.
+
+SGD with momentum 0.9 and weight decay 5e-4 on the mean cross-entropy of
+batches of 128, the learning rate divided by 10 at 1/3 and 2/3 of the epochs;
+everything is a field of :class:`TrainConfig`.
+
+Determinism: the weights are initialised from ``torch.manual_seed(seed)``; at
+the start of epoch ``e`` the data order (``torch.randperm`` of a generator)
+and torch's global generators (for any stochastic layer) are seeded from
+``(seed, e)``, and the learning rate is a function of ``e``. A checkpoint
+written atomically after every epoch holds the weights, batch-norm statistics,
+momentum buffers and the log, so a run killed at any point and resumed from its
+last checkpoint ends with the same weights as an uninterrupted one (bitwise on
+the CPU for a fixed number of threads; ``torch.use_deterministic_algorithms`` is
+on during training, on the GPU too). The caller's random state is left as it was.
+
+Files in the run folder: ``checkpoint.pt`` and ``log.json`` (per-epoch train and
+test loss and error), both rewritten after every epoch; the command line adds
+``results.json``, ``report.md`` and ``curves.png`` (see :func:`write_run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from theory.progress import progress
+from theory.runs import RunFolder
+
+from .data import DataBundle, Split, canonical_name, dataset_from_config, iterate_batches
+from .models import MODELS, build_model
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "SweepResult",
+    "Checkpoint",
+    "CHECKPOINT",
+    "resolve_device",
+    "deterministic_mode",
+    "milestone_epochs",
+    "learning_rate",
+    "evaluate",
+    "train",
+    "lr_sweep",
+    "load_checkpoint",
+    "write_run",
+    "add_arguments",
+    "run",
+]
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.json"
+_FORMAT = "deepnet-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model (the device aside).
+
+    ``dataset``, ``root``, ``per_class`` and ``data_seed`` fix the training subset
+    (:func:`deepnet.data.load_subset`; ``per_class=None``: the whole training
+    split); ``model`` and ``model_kwargs`` the network (:func:`deepnet.models.build_model`);
+    ``seed`` the initial weights and the data order. The learning rate of epoch
+    ``e`` (from 0) is ``lr * lr_decay ** #{m in milestones: e >= m}`` with the
+    milestones ``round(f * epochs)`` for ``f`` in ``lr_milestones``.
+    """
+
+    dataset: str = "fashion-mnist"
+    root: str | None = None
+    per_class: int | None = 100
+    data_seed: int = 0
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 200
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    lr_milestones: tuple[float, ...] = (1 / 3, 2 / 3)
+    lr_decay: float = 0.1
+    seed: int = 0
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+        def finite(name: str, value: Any, low: float, high: float, *, open_low: bool = False) -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value > low if open_low else value >= low) and value <= high
+            interval = f"{'(' if open_low else '['}{low}, {high}]"
+            if not ok:
+                raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+
+        object.__setattr__(self, "dataset", canonical_name(self.dataset))
+        model = self.model.lower() if isinstance(self.model, str) else self.model
+        if model not in MODELS:
+            raise ValueError(f"model: unknown name {self.model!r}; expected one of {', '.join(MODELS)}")
+        object.__setattr__(self, "model", model)
+        if not isinstance(self.model_kwargs, Mapping):
+            raise ValueError(f"model_kwargs: expected a dict, got {self.model_kwargs!r}")
+        object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+        if self.root is not None:
+            object.__setattr__(self, "root", str(Path(self.root).expanduser().absolute()))
+        if self.per_class is not None:
+            positive_int("per_class", self.per_class)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            positive_int(name, getattr(self, name))
+        for name in ("seed", "data_seed"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ValueError(f"{name}: expected an integer, got {getattr(self, name)!r}")
+        finite("lr", self.lr, 0.0, math.inf, open_low=True)
+        finite("momentum", self.momentum, 0.0, 0.999999)
+        finite("weight_decay", self.weight_decay, 0.0, math.inf)
+        finite("lr_decay", self.lr_decay, 0.0, 1.0, open_low=True)
+        milestones = tuple(self.lr_milestones)
+        for f in milestones:
+            finite("lr_milestones", f, 0.0, 1.0, open_low=True)
+        if list(milestones) != sorted(milestones):
+            raise ValueError(f"lr_milestones: expected increasing fractions of the epochs, got {milestones!r}")
+        object.__setattr__(self, "lr_milestones", milestones)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"config: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or CUDA when available and the CPU otherwise (``None`` / ``"auto"``)."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} requested but no CUDA device is available")
+    return device
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool = True) -> Iterator[None]:
+    """Within the block: ``torch.use_deterministic_algorithms`` (warning, not
+    failing, on the few CUDA kernels without a deterministic version), cuDNN
+    deterministic and not benchmarking; the previous settings are restored after."""
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    if enabled:
+        # cuBLAS is deterministic only with a fixed workspace (read when its handle is made).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+
+
+def milestone_epochs(config: TrainConfig) -> tuple[int, ...]:
+    """The epochs (from 0) at which the learning rate is multiplied by ``lr_decay``."""
+    return tuple(int(round(f * config.epochs)) for f in config.lr_milestones)
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """``lr * lr_decay ** (number of milestones <= epoch)`` for epoch ``epoch`` (from 0)."""
+    return config.lr * config.lr_decay ** sum(epoch >= m for m in milestone_epochs(config))
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed that is a fixed function of (seed, epoch)."""
+    words = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, epoch]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and error rate of ``model`` in eval mode over ``split``
+    (sum-reduced per batch, divided by the number of examples)."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in iterate_batches(split, batch_size, device=device):
+        logits = model(x)
+        loss += F.cross_entropy(logits.double(), y, reduction="sum")
+        wrong += (logits.argmax(dim=1) != y).sum()
+    model.train(was_training)
+    n = max(len(split), 1)
+    return float(loss) / n, float(wrong) / n
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A (possibly partial) training run: per-epoch arrays over the epochs done so far.
+
+    ``epoch`` counts from 1; losses are mean cross-entropies, errors fractions
+    misclassified, both in eval mode after the epoch; ``seconds`` is the wall time
+    of each epoch (training and evaluation). ``finished``: all epochs are done.
+    """
+
+    config: dict[str, Any]
+    device: str
+    deterministic: bool
+    num_parameters: int
+    train_size: int
+    test_size: int
+    data_source: str
+    data_mean: tuple[float, ...]
+    data_std: tuple[float, ...]
+    milestones: tuple[int, ...]
+    finished: bool
+    epoch: np.ndarray
+    lr: np.ndarray
+    train_loss: np.ndarray
+    train_error: np.ndarray
+    test_loss: np.ndarray
+    test_error: np.ndarray
+    seconds: np.ndarray
+    checkpoint: str
+    model: nn.Module = field(metadata={"json": False}, repr=False)
+
+    @property
+    def final_test_error(self) -> float:
+        return float(self.test_error[-1]) if self.test_error.size else math.nan
+
+    @property
+    def final_test_loss(self) -> float:
+        return float(self.test_loss[-1]) if self.test_loss.size else math.nan
+
+
+def _result(config: TrainConfig, data: DataBundle, model: nn.Module, history: list[dict[str, float]],
+            device: torch.device, deterministic: bool, checkpoint: Path) -> TrainResult:
+    def column(key: str, dtype: type = np.float64) -> np.ndarray:
+        return np.array([row[key] for row in history], dtype=dtype)
+
+    return TrainResult(
+        config=config.to_dict(),
+        device=str(device),
+        deterministic=deterministic,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        train_size=len(data.train),
+        test_size=len(data.test),
+        data_source=data.source,
+        data_mean=data.mean,
+        data_std=data.std,
+        milestones=milestone_epochs(config),
+        finished=len(history) == config.epochs,
+        epoch=column("epoch", np.int64),
+        lr=column("lr"),
+        train_loss=column("train_loss"),
+        train_error=column("train_error"),
+        test_loss=column("test_loss"),
+        test_error=column("test_error"),
+        seconds=column("seconds"),
+        checkpoint=str(checkpoint),
+        model=model,
+    )
+
+
+def _data_info(data: DataBundle) -> dict[str, Any]:
+    return {
+        "name": data.name, "num_classes": data.num_classes, "in_shape": list(data.in_shape), "mean": list(data.mean),
+        "std": list(data.std), "source": data.source, "train_size": len(data.train), "test_size": len(data.test),
+    }
+
+
+def _config_mismatch(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    now = TrainConfig.from_dict(saved).to_dict()
+    return [f"{k}: {now[k]!r} there, {v!r} here" for k, v in config.to_dict().items() if now[k] != v]
+
+
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+    deterministic: bool = True,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``config`` with checkpoints in the folder ``out``; return the run so far.
+
+    ``resume``: continue from ``out/checkpoint.pt`` if there is one (its
+    configuration must equal ``config``); otherwise start over and overwrite it.
+    ``stop_after``: run at most this many epochs in this call (a later call
+    resumes). ``deterministic``: see :func:`deterministic_mode`.
+    """
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
+        raise ValueError(f"stop_after: expected a non-negative integer or None, got {stop_after!r}")
+    device = resolve_device(device)
+    checkpoint_path = Path(out) / CHECKPOINT
+    saved = None
+    if resume and checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if saved.get("format") != _FORMAT:
+            raise ValueError(f"out: {checkpoint_path} is not a checkpoint of this trainer (format {saved.get('format')!r})")
+        mismatch = _config_mismatch(saved["config"], config)
+        if mismatch:
+            raise ValueError(
+                f"out: {checkpoint_path} holds a run of another configuration ({'; '.join(mismatch)}); "
+                "choose another run folder or start over without resuming"
+            )
+    data = dataset_from_config(config, device)  # unknown data sets, missing files, bad subsets fail here
+    folder = RunFolder(out)
+    cuda_devices = [device] if device.type == "cuda" else []
+    with deterministic_mode(deterministic), torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, data.num_classes, data.in_shape, **config.model_kwargs).to(device)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        history: list[dict[str, float]] = []
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            history = list(saved["history"])
+        start = len(history)
+        stop = config.epochs if stop_after is None else min(config.epochs, start + stop_after)
+        for epoch in progress(range(start, stop), total=stop - start, desc=f"train {config.model}", enabled=show_progress):
+            began = time.perf_counter()
+            lr = learning_rate(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            seed = _epoch_seed(config.seed, epoch)
+            torch.manual_seed(seed)
+            order = torch.Generator().manual_seed(seed)
+            model.train()
+            for x, y in iterate_batches(data.train, config.batch_size, device=device, generator=order):
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+            train_loss, train_error = evaluate(model, data.train, config.eval_batch_size, device)
+            test_loss, test_error = evaluate(model, data.test, config.eval_batch_size, device)
+            history.append({
+                "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": train_error,
+                "test_loss": test_loss, "test_error": test_error, "seconds": time.perf_counter() - began,
+            })
+            folder.save_torch(CHECKPOINT, {
+                "format": _FORMAT, "config": config.to_dict(), "data": _data_info(data), "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            })
+            folder.write_json(LOG, {"config": config, "history": history})
+    model.eval()
+    return _result(config, data, model, history, device, deterministic, checkpoint_path)
+
+
+class Checkpoint(NamedTuple):
+    """A trained model (eval mode), its :class:`TrainConfig` and the rest of the
+    checkpoint (``extra``: ``epochs_done``, ``history``, ``data`` with the number of
+    classes, input shape, standardisation and source folder, and ``path``)."""
+
+    model: nn.Module
+    config: TrainConfig
+    extra: dict[str, Any]
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device | None = None) -> Checkpoint:
+    """Rebuild the model of a checkpoint written by :func:`train` on ``device``
+    (default: CUDA when available) in eval mode. The training subset is
+    ``deepnet.data.dataset_from_config(checkpoint.config)``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: {path} does not exist")
+    device = resolve_device(device)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, Mapping) or saved.get("format") != _FORMAT:
+        raise ValueError(f"checkpoint: {path} is not a checkpoint written by deepnet.train")
+    config = TrainConfig.from_dict(saved["config"])
+    info = saved["data"]
+    with torch.device("meta"):  # no initialisation work: the weights come from the file
+        model = build_model(config.model, info["num_classes"], tuple(info["in_shape"]), **config.model_kwargs)
+    model.load_state_dict(saved["model"], assign=True)
+    extra = {"epochs_done": len(saved["history"]), "history": saved["history"], "data": info, "path": str(path)}
+    return Checkpoint(model.to(device).eval(), config, extra)
+
+
+# ----------------------------------------------------------------------------- learning-rate sweep
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Final errors of one run per learning rate; ``best_index`` has the lowest final
+    test error (ties: lowest final test loss, then the smaller rate)."""
+
+    lrs: np.ndarray
+    epochs: int
+    final_train_error: np.ndarray
+    final_test_error: np.ndarray
+    final_test_loss: np.ndarray
+    best_index: int
+    best_lr: float
+    folders: tuple[str, ...]
+
+
+def lr_sweep(
+    config: TrainConfig,
+    out: str | os.PathLike[str],
+    *,
+    num: int = 5,
+    low: float = 1e-4,
+    high: float = 0.25,
+    epochs: int | None = None,
+    **train_kwargs: Any,
+) -> SweepResult:
+    """Train ``config`` with ``num`` learning rates log-spaced in [low, high] (the
+    paper: 100 in [1e-4, 0.25]), each for ``epochs`` (default ``config.epochs``), in
+    ``out/lr-XX``; pick the rate by final test error. ``train_kwargs`` go to :func:`train`."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num: expected a positive integer, got {num!r}")
+    if not (0 < low <= high and math.isfinite(high)):
+        raise ValueError(f"low, high: expected 0 < low <= high < inf, got {low!r}, {high!r}")
+    lrs = np.geomspace(low, high, num) if num > 1 else np.array([low])
+    epochs = config.epochs if epochs is None else epochs
+    results, folders = [], []
+    for i, lr in enumerate(lrs):
+        folder = Path(out) / f"lr-{i:02d}"
+        results.append(train(dataclasses.replace(config, lr=float(lr), epochs=epochs), folder, **train_kwargs))
+        write_run(folder, results[-1])
+        folders.append(str(folder))
+    test_error = np.array([r.final_test_error for r in results])
+    test_loss = np.array([r.final_test_loss for r in results])
+    best = int(np.lexsort((np.arange(num), np.nan_to_num(test_loss, nan=np.inf), np.nan_to_num(test_error, nan=np.inf)))[0])
+    return SweepResult(
+        lrs=lrs,
+        epochs=epochs,
+        final_train_error=np.array([float(r.train_error[-1]) for r in results]),
+        final_test_error=test_error,
+        final_test_loss=test_loss,
+        best_index=best,
+        best_lr=float(lrs[best]),
+        folders=tuple(folders),
+    )
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _curves_figure(result: TrainResult) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((ax_loss, "loss", "cross-entropy"), (ax_err, "error", "error")):
+        ax.plot(result.epoch, getattr(result, f"train_{key}"), label="train (subset)")
+        ax.plot(result.epoch, getattr(result, f"test_{key}"), label="test")
+        for m in result.milestones:
+            ax.axvline(m + 0.5, color="0.7", lw=0.8, ls=":")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+    ax_loss.set_yscale("log")
+    cfg = result.config
+    fig.suptitle(f"{cfg['model']} on {cfg['dataset']}, {cfg['per_class'] or 'all'} per class (lr decays at dotted lines)")
+    return fig
+
+
+def _sweep_figure(sweep: SweepResult) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.semilogx(sweep.lrs, sweep.final_test_error, "o-", label="test")
+    ax.semilogx(sweep.lrs, sweep.final_train_error, "s--", label="train")
+    ax.axvline(sweep.best_lr, color="0.6", ls=":")
+    ax.set_xlabel("initial learning rate")
+    ax.set_ylabel(f"error after {sweep.epochs} epochs")
+    ax.legend()
+    return fig
+
+
+def _report(result: TrainResult, sweep: SweepResult | None) -> str:
+    cfg = result.config
+    state = "finished" if result.finished else f"stopped after {len(result.epoch)} of {cfg['epochs']} epochs (resume to go on)"
+    lines = [
+        f"# Training: {cfg['model']} on {cfg['dataset']}",
+        "",
+        f"Run {state}, {result.seconds.sum():.1f} s on {result.device}"
+        f"{' (deterministic algorithms)' if result.deterministic else ''}.",
+        "",
+        f"* data: {cfg['dataset']} from `{result.data_source}`, {cfg['per_class'] or 'all'} per class "
+        f"(subset seed {cfg['data_seed']}): {result.train_size} training and {result.test_size} test examples; "
+        f"channels standardised with the training split's mean {np.round(result.data_mean, 4).tolist()} "
+        f"and std {np.round(result.data_std, 4).tolist()}; no augmentation",
+        f"* model: {cfg['model']} {cfg['model_kwargs'] or ''}, {result.num_parameters:,} parameters, seed {cfg['seed']}",
+        f"* SGD: lr {cfg['lr']:g}, momentum {cfg['momentum']:g}, weight decay {cfg['weight_decay']:g}, "
+        f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, lr x{cfg['lr_decay']:g} at epochs {list(result.milestones)}",
+        "",
+    ]
+    if len(result.epoch):
+        lines += [
+            f"| after epoch {result.epoch[-1]} | loss | error |",
+            "|---|---|---|",
+            f"| train subset | {result.train_loss[-1]:.4f} | {result.train_error[-1]:.4f} |",
+            f"| test | {result.test_loss[-1]:.4f} | {result.test_error[-1]:.4f} |",
+            "",
+            "![training curves](curves.png)",
+            "",
+        ]
+    if sweep is not None:
+        lines += [
+            f"Learning rate chosen by final test error after {sweep.epochs} epochs: {sweep.best_lr:.4g}.",
+            "",
+            "| lr | train error | test error | test loss |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {lr:.4g} | {tr:.4f} | {te:.4f} | {tl:.4f} |"
+            for lr, tr, te, tl in zip(sweep.lrs, sweep.final_train_error, sweep.final_test_error, sweep.final_test_loss)
+        ]
+        lines += ["", "![learning-rate sweep](lr_sweep.png)", ""]
+    lines += [
+        f"Checkpoint: `{CHECKPOINT}` (`deepnet.train.load_checkpoint`); per-epoch log: `{LOG}`; "
+        "every number: `results.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_run(out: str | os.PathLike[str], result: TrainResult, sweep: SweepResult | None = None) -> RunFolder:
+    """Write ``results.json``, ``report.md`` and ``curves.png`` (and ``lr_sweep.png``) to ``out``."""
+    folder = RunFolder(out)
+    folder.write_json("results.json", {"training": result, "lr_sweep": sweep})
+    if len(result.epoch):
+        folder.save_figure("curves.png", _curves_figure(result))
+    if sweep is not None:
+        folder.save_figure("lr_sweep.png", _sweep_figure(sweep))
+    folder.write_text("report.md", _report(result, sweep))
+    return folder
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _per_class(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m deepnet train``."""
+    d = TrainConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=d.dataset, help="mnist, fashion-mnist, cifar10, cifar100 or mnist-5k (default %(default)s)")
+    data.add_argument("--data-root", default=None, metavar="DIR",
+                      help="folder holding the data set (default: $DEEPNET_DATA, ./data, the system copies)")
+    data.add_argument("--per-class", type=_per_class, default=d.per_class, metavar="N",
+                      help="training examples per class, or 'all' (default %(default)s)")
+    data.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the subset (default %(default)s)")
+    net = parser.add_argument_group("model")
+    net.add_argument("--model", default=d.model, choices=list(MODELS), help="network (default %(default)s)")
+    net.add_argument("--depth", type=int, help="MLP: hidden layers (default 8)")
+    net.add_argument("--width", type=int, help="MLP: hidden units (default 2048); VGG11/ResNet18: base channels (default 64)")
+    net.add_argument("--hidden", type=int, help="VGG11: classifier width (default 4096)")
+    net.add_argument("--no-batch-norm", action="store_true", help="MLP: no batch norm")
+    opt = parser.add_argument_group("training (defaults: the paper's protocol)")
+    opt.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s (the paper: 200 MNIST/Fashion, 350 CIFAR)")
+    opt.add_argument("--lr", type=float, default=d.lr, help="initial learning rate (default %(default)s)")
+    opt.add_argument("--momentum", type=float, default=d.momentum, help="default %(default)s")
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
+    opt.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
+    opt.add_argument("--lr-milestones", type=float, nargs="*", default=list(d.lr_milestones), metavar="F",
+                     help="fractions of the epochs where the lr is decayed (default 1/3 2/3)")
+    opt.add_argument("--lr-decay", type=float, default=d.lr_decay, help="default %(default)s")
+    opt.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and data order (default %(default)s)")
+    opt.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="default %(default)s")
+    sweep = parser.add_argument_group("learning-rate sweep (off unless --lr-sweep)")
+    sweep.add_argument("--lr-sweep", type=int, default=0, metavar="K",
+                       help="try K log-spaced initial rates, keep the one with the lowest final test error (the paper: 100)")
+    sweep.add_argument("--lr-min", type=float, default=1e-4, help="default %(default)s")
+    sweep.add_argument("--lr-max", type=float, default=0.25, help="default %(default)s")
+    sweep.add_argument("--sweep-epochs", type=int, default=None,
+                       help="epochs of each sweep run (default --epochs; fewer screens cheaply, then one full run)")
+    run_ = parser.add_argument_group("run")
+    run_.add_argument("--out", default=None, help="run folder (default runs/train-<dataset>-<model>-n<N>-s<seed>)")
+    run_.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default %(default)s)")
+    run_.add_argument("--no-resume", action="store_true", help="start over even if the run folder holds a checkpoint")
+    run_.add_argument("--stop-after", type=int, default=None, metavar="E", help="run at most E epochs now (resume later)")
+    run_.add_argument("--nondeterministic", action="store_true", help="allow faster nondeterministic GPU kernels")
+    run_.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``train`` options."""
+    model_kwargs: dict[str, Any] = {k: getattr(args, k) for k in ("depth", "width", "hidden") if getattr(args, k) is not None}
+    if args.no_batch_norm:
+        model_kwargs["batch_norm"] = False
+    return TrainConfig(
+        dataset=args.dataset, root=args.data_root, per_class=args.per_class, data_seed=args.data_seed,
+        model=args.model, model_kwargs=model_kwargs, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, lr_milestones=tuple(args.lr_milestones),
+        lr_decay=args.lr_decay, seed=args.seed, eval_batch_size=args.eval_batch_size,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``python -m deepnet train``: train (after an optional sweep) and write the run folder."""
+    config = config_from_args(args)
+    out = Path(args.out or f"runs/train-{config.dataset}-{config.model}-n{config.per_class or 'all'}-s{config.seed}")
+    kwargs = dict(device=resolve_device(args.device), deterministic=not args.nondeterministic, show_progress=not args.quiet)
+    sweep, resume = None, not args.no_resume
+    if args.lr_sweep:
+        sweep = lr_sweep(config, out / "sweep", num=args.lr_sweep, low=args.lr_min, high=args.lr_max,
+                         epochs=args.sweep_epochs, resume=resume, **kwargs)
+        config = dataclasses.replace(config, lr=sweep.best_lr)
+        if sweep.epochs == config.epochs:  # the best sweep run is the final run: reuse its checkpoint
+            best = Path(sweep.folders[sweep.best_index]) / CHECKPOINT
+            RunFolder(out).save_torch(CHECKPOINT, torch.load(best, map_location="cpu", weights_only=True))
+            resume = True
+    result = train(config, out, resume=resume, stop_after=args.stop_after, **kwargs)
+    write_run(out, result, sweep)
+    print(f"final test error {result.final_test_error:.4f} after {len(result.epoch)} epochs; run folder: {out}")
+    return 0
