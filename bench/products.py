@@ -1,0 +1,156 @@
+"""Cost of one Hessian / G / E product over a data set, in units of one plain
+gradient pass over the same data, with curvlinops' products side by side.
+
+For an MLP and a small CNN (VGG11 with narrow channels) on a class-balanced
+Fashion-MNIST subset, in eval mode, every product ``A v`` (``v`` of size P, all
+parameters) makes one pass over the same batches as the gradient pass
+(``EmpiricalRisk.loss_and_gradient``). Timings are the best of ``--repeats``
+rounds, the methods interleaved within each round so that machine load hits
+them alike. Also timed: a block of ``--columns`` vectors (the shape of a
+Lanczos or subspace-iteration step), per column. The last column of the table
+is the largest relative difference to curvlinops' product (curvlinops has no
+``E``; its ``E v`` is ``H v - G v``, two products).
+
+Run: ``python bench/products.py [--per-class 100] [--batch-size 500] [--repeats 5]``
+(curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from deepnet.data import load_subset
+from deepnet.models import MLP, VGG11
+from deepnet.operators import EmpiricalRisk, GaussNewtonOperator, HessianOperator, ResidualOperator
+
+
+def curvlinops_products(model: nn.Module, risk: EmpiricalRisk, X: torch.Tensor, Y: torch.Tensor, batch_size: int):
+    """curvlinops' Hessian and GGN operators on the same batches (None if not installed)."""
+    try:
+        from curvlinops import GGNLinearOperator, HessianLinearOperator
+    except ImportError:
+        return None
+    data = list(zip(X.split(batch_size), Y.split(batch_size)))
+    params = [p for n, p in model.named_parameters() if n in risk.names]
+    kwargs = dict(check_deterministic=False, num_data=risk.num_data)
+    loss = nn.CrossEntropyLoss(reduction="mean")
+    return {
+        "hessian": HessianLinearOperator(model, loss, params, data, **kwargs),
+        "G": GGNLinearOperator(model, loss, params, data, **kwargs),
+    }
+
+
+def best_times(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall time of each job over ``repeats`` interleaved rounds (after one warm-up)."""
+    for job in jobs.values():
+        job()
+    best = {name: float("inf") for name in jobs}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def bench_model(name: str, model: nn.Module, X: torch.Tensor, Y: torch.Tensor, args: argparse.Namespace) -> None:
+    model = model.eval()
+    risk = EmpiricalRisk(model, (X, Y), batch_size=args.batch_size)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(risk.size, 1, generator=gen).to(risk.device)
+    block = torch.randn(risk.size, args.columns, generator=gen).to(risk.device)
+    ours = {
+        "hessian (double-backward)": HessianOperator(risk, method="double-backward"),
+        "hessian (forward-over-reverse)": HessianOperator(risk, method="forward-over-reverse"),
+        "G": GaussNewtonOperator(risk),
+        "E (direct)": ResidualOperator(risk, method="double-backward"),
+        "E (forward-over-reverse)": ResidualOperator(risk, method="forward-over-reverse"),
+    }
+    theirs = curvlinops_products(model, risk, X, Y, args.batch_size)
+    jobs: dict[str, Callable[[], object]] = {"gradient": risk.loss_and_gradient}
+    for label, op in ours.items():
+        jobs[f"ours {label}"] = lambda op=op: op.matmat(v)
+    for label in ("hessian (double-backward)", "G", "E (direct)"):
+        jobs[f"ours {label} block"] = lambda op=ours[label]: op.matmat(block)
+    if theirs is not None:
+        jobs["curvlinops hessian"] = lambda: theirs["hessian"] @ v
+        jobs["curvlinops G"] = lambda: theirs["G"] @ v
+        jobs["curvlinops hessian block"] = lambda: theirs["hessian"] @ block
+        jobs["curvlinops G block"] = lambda: theirs["G"] @ block
+    t = best_times(jobs, args.repeats)
+    grad = t["gradient"]
+
+    diffs: dict[str, str] = {}
+    if theirs is not None:
+        Hv, Gv = theirs["hessian"] @ v, theirs["G"] @ v
+        ref = {"hessian (double-backward)": Hv, "hessian (forward-over-reverse)": Hv, "G": Gv,
+               "E (direct)": Hv - Gv, "E (forward-over-reverse)": Hv - Gv}
+        diffs = {label: f"{rel_diff(op.matmat(v), ref[label]):.1e}" for label, op in ours.items()}
+
+    print(f"\n== {name}: P = {risk.size:,} parameters, N = {risk.num_data} examples, batch {args.batch_size}, "
+          f"{risk.dtype}, {risk.device}; one gradient pass {1e3 * grad:.1f} ms")
+    head = f"{'product':<34s} {'ours ms':>9s} {'/grad':>6s} {'curvlinops ms':>14s} {'/grad':>6s} {'ours/theirs':>11s} {'rel diff':>9s}"
+    print(head)
+    print("-" * len(head))
+    peer = {"hessian (double-backward)": "hessian", "hessian (forward-over-reverse)": "hessian", "G": "G"}
+    for label in ours:
+        mine = t[f"ours {label}"]
+        line = f"{label:<34s} {1e3 * mine:9.1f} {mine / grad:6.2f}"
+        other = None
+        if theirs is not None:
+            other = t.get(f"curvlinops {peer[label]}") if label in peer else t["curvlinops hessian"] + t["curvlinops G"]
+        if other is not None:
+            line += f" {1e3 * other:14.1f} {other / grad:6.2f} {mine / other:11.2f} {diffs[label]:>9s}"
+        print(line)
+    k = args.columns
+    for label, their in (("hessian (double-backward)", "hessian"), ("G", "G"), ("E (direct)", None)):
+        mine = t[f"ours {label} block"] / k
+        line = f"{label + f' block of {k}, per column':<34s} {1e3 * mine:9.1f} {mine / grad:6.2f}"
+        if theirs is not None:
+            other = (t[f"curvlinops {their} block"] if their else t["curvlinops hessian block"] + t["curvlinops G block"]) / k
+            line += f" {1e3 * other:14.1f} {other / grad:6.2f} {mine / other:11.2f}"
+        print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="fashion-mnist", help="a deepnet.data name (default fashion-mnist)")
+    parser.add_argument("--root", default=None, help="data root (default: the usual places, see deepnet.data)")
+    parser.add_argument("--per-class", type=int, default=100, help="training examples per class (default 100)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--columns", type=int, default=10, help="columns of the block product (default 10)")
+    parser.add_argument("--mlp-depth", type=int, default=4)
+    parser.add_argument("--mlp-width", type=int, default=512)
+    parser.add_argument("--cnn-width", type=int, default=16, help="VGG11 channel width (64 is the paper's)")
+    parser.add_argument("--cnn-hidden", type=int, default=256, help="VGG11 classifier width (4096 is the paper's)")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_subset(args.dataset, root=args.root, per_class=args.per_class, seed=args.seed, device=device)
+    X, Y = data.train.images.to(device), data.train.labels.to(device)
+    print(f"{data.name}: {len(Y)} training images {tuple(data.in_shape)}, {data.num_classes} classes; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
+    torch.manual_seed(args.seed)
+    mlp = MLP(data.in_shape, data.num_classes, depth=args.mlp_depth, width=args.mlp_width).to(device)
+    torch.manual_seed(args.seed)
+    cnn = VGG11(data.in_shape, data.num_classes, width=args.cnn_width, hidden=args.cnn_hidden).to(device)
+    bench_model(f"MLP {args.mlp_depth} x {args.mlp_width} (BN)", mlp, X, Y, args)
+    bench_model(f"VGG11-BN width {args.cnn_width}, hidden {args.cnn_hidden}", cnn, X, Y, args)
+
+
+if __name__ == "__main__":
+    main()
