@@ -11,13 +11,14 @@ Lanczos or subspace-iteration step), per column. The last column of the table
 is the largest relative difference to curvlinops' product (curvlinops has no
 ``E``; its ``E v`` is ``H v - G v``, two products).
 
-Run: ``python bench/products.py [--per-class 100] [--batch-size 500] [--repeats 5]``
+Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 3]``
 (curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 
@@ -125,18 +126,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion-mnist", help="a deepnet.data name (default fashion-mnist)")
     parser.add_argument("--root", default=None, help="data root (default: the usual places, see deepnet.data)")
-    parser.add_argument("--per-class", type=int, default=100, help="training examples per class (default 100)")
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--columns", type=int, default=10, help="columns of the block product (default 10)")
+    parser.add_argument("--per-class", type=int, default=50, help="training examples per class (default 50)")
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--columns", type=int, default=4, help="columns of the block product (default 4)")
     parser.add_argument("--mlp-depth", type=int, default=4)
     parser.add_argument("--mlp-width", type=int, default=512)
-    parser.add_argument("--cnn-width", type=int, default=16, help="VGG11 channel width (64 is the paper's)")
-    parser.add_argument("--cnn-hidden", type=int, default=256, help="VGG11 classifier width (4096 is the paper's)")
+    parser.add_argument("--cnn-width", type=int, default=8, help="VGG11 channel width (64 is the paper's)")
+    parser.add_argument("--cnn-hidden", type=int, default=128, help="VGG11 classifier width (4096 is the paper's)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured, also in a log file
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -26,7 +26,7 @@ backward pass.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -325,9 +325,9 @@ class CurvatureOperator(SymmetricOperator):
     """A ``(1/N) sum_batches`` curvature operator of an :class:`EmpiricalRisk`.
 
     ``matmat(V)`` makes one pass over the data: per batch one forward (with its
-    autograd graph) shared by all ``k`` columns, which are then handled one at a
-    time (``torch.func`` transforms work on chunks of at most ``max_columns``
-    columns under ``vmap``, bounding memory).
+    autograd graph) shared by all ``k`` columns, whose backward passes then run one
+    column at a time; the ``torch.func`` transforms run under ``vmap`` on chunks of
+    at most ``max_columns`` columns, which bounds their memory.
     """
 
     kind: str = ""
@@ -343,10 +343,14 @@ class CurvatureOperator(SymmetricOperator):
         Vt = V.T.contiguous()  # (k, P): each column a contiguous row
         out = torch.zeros_like(Vt)
         for x, y in self.risk.batches():
-            for start in range(0, Vt.shape[0], self.max_columns):
-                chunk = Vt[start : start + self.max_columns]
-                out[start : start + chunk.shape[0]] += self._batch_matmat(x, y, chunk)
+            out += self._batch_matmat(x, y, Vt)
         return (out / self.risk.num_data).T
+
+    def _vmap_columns(self, fn: Callable[..., tuple[torch.Tensor, ...]], Vt: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``vmap(fn)`` over the rows of ``Vt`` (split like the parameters) in chunks of
+        ``max_columns`` rows; ``fn`` returns a tuple, whose parts are concatenated."""
+        parts = [vmap(fn)(self.risk.split(chunk)) for chunk in Vt.split(self.max_columns)]
+        return tuple(torch.cat(group) for group in zip(*parts))
 
     def _batch_matmat(self, x: torch.Tensor, y: torch.Tensor, Vt: torch.Tensor) -> torch.Tensor:
         """The batch's sum-reduced product, ``(k, P) -> (k, P)``."""
@@ -387,7 +391,7 @@ class _GradientMapOperator(CurvatureOperator):
             def product(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
                 return jvp(gradient_map, (risk.parameters(),), (v,))[1]
 
-            return risk.flatten(vmap(product)(risk.split(Vt)), lead=(Vt.shape[0],))
+            return risk.flatten(self._vmap_columns(product, Vt), lead=(Vt.shape[0],))
 
         theta = risk.leaves()
         out = torch.empty_like(Vt)
@@ -443,10 +447,10 @@ class GaussNewtonOperator(CurvatureOperator):
         risk = self.risk
         params = risk.parameters()
 
-        def push(v: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            return jvp(lambda t: risk.forward(t, x), (params,), (v,))[1]
+        def push(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+            return (jvp(lambda t: risk.forward(t, x), (params,), (v,))[1],)
 
-        Jv = vmap(push)(risk.split(Vt))  # (k, batch, C)
+        (Jv,) = self._vmap_columns(push, Vt)  # (k, batch, C)
         theta = risk.leaves()
         out = torch.empty_like(Vt)
         with torch.enable_grad():

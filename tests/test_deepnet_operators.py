@@ -305,3 +305,26 @@ def test_float32_products_on_gpu_match_float64_cpu():
         ref = curvature_operator(kind, cpu).matmat(V)
         out = curvature_operator(kind, gpu).matmat(V).cpu().double()
         _close(out, ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mlp", "vgg11", "resnet18"])
+def test_the_papers_networks_work_with_the_operators(name):
+    """Tiny versions of the project's networks (BN everywhere, residual blocks, padding):
+    both Hessian methods agree, H = G + E, and each operator is symmetric."""
+    from deepnet.models import build_model
+
+    kwargs = {"mlp": dict(depth=2, width=6), "vgg11": dict(width=2, hidden=6), "resnet18": dict(width=2)}[name]
+    torch.manual_seed(0)
+    model = build_model(name, 3, (1, 8, 8), **kwargs).double()
+    _randomize_batch_norm(model, torch.Generator().manual_seed(7))
+    model.eval()
+    gen = torch.Generator().manual_seed(8)
+    X = torch.randn(6, 1, 8, 8, generator=gen, dtype=torch.float64)
+    Y = torch.tensor([0, 1, 2, 0, 1, 2])
+    risk = EmpiricalRisk(model, (X, Y), batch_size=4)
+    V = torch.randn(risk.size, 2, generator=gen, dtype=torch.float64)
+    H = HessianOperator(risk).matmat(V)
+    _close(HessianOperator(risk, method="forward-over-reverse").matmat(V), H, rtol=1e-11)
+    _close(GaussNewtonOperator(risk).matmat(V) + ResidualOperator(risk).matmat(V), H, rtol=1e-11)
+    for kind in ("hessian", "G", "E"):
+        assert check_symmetric(curvature_operator(kind, risk)) < 1e-10
