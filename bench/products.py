@@ -2,18 +2,17 @@
 gradient pass over the same data, with curvlinops' products side by side.
 
 For an MLP and a small CNN (VGG11 with narrow channels) on a class-balanced
-Fashion-MNIST subset, in eval mode, every product ``A v`` (``v`` of size P, all
-parameters) makes one pass over the same batches as the gradient pass
-(``EmpiricalRisk.loss_and_gradient``). Timings are the best of ``--repeats``
-rounds, the methods interleaved within each round so that machine load hits
-them alike. Also timed: a block of ``--columns`` vectors (the shape of a
-Lanczos or subspace-iteration step), per column. The last column of the table
-is the largest relative difference to curvlinops' product (curvlinops has no
-``E``; its ``E v`` is ``H v - G v``, two products).
+Fashion-MNIST subset, in eval mode, every product ``A V`` (``V`` of shape
+(P, k), all parameters) makes one pass over the same batches as the gradient
+pass (``EmpiricalRisk.loss_and_gradient``). Timed for one vector (a Lanczos
+step) and for a block of ``--columns`` vectors (Lanczos with several starts,
+subspace iteration), per column. Timings are the best of ``--repeats`` rounds,
+all jobs interleaved within each round so that machine load hits them alike.
+The last column is ``|ours - theirs| / |theirs|`` for one vector (curvlinops
+has no ``E``; its ``E v`` is ``H v - G v``, two products).
 
-Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 3]``
-(curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown).
-"""
+Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 3] [--threads 1]``
+(curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown)."""
 
 from __future__ import annotations
 
@@ -67,59 +66,56 @@ def bench_model(name: str, model: nn.Module, X: torch.Tensor, Y: torch.Tensor, a
     model = model.eval()
     risk = EmpiricalRisk(model, (X, Y), batch_size=args.batch_size)
     gen = torch.Generator().manual_seed(0)
-    v = torch.randn(risk.size, 1, generator=gen).to(risk.device)
-    block = torch.randn(risk.size, args.columns, generator=gen).to(risk.device)
+    k = args.columns
+    vectors = {1: torch.randn(risk.size, 1, generator=gen).to(risk.device),
+               k: torch.randn(risk.size, k, generator=gen).to(risk.device)}
+    cols = dict(max_columns=k)
     ours = {
-        "hessian (double-backward)": HessianOperator(risk, method="double-backward"),
-        "hessian (forward-over-reverse)": HessianOperator(risk, method="forward-over-reverse"),
-        "G": GaussNewtonOperator(risk),
-        "E (direct)": ResidualOperator(risk, method="double-backward"),
-        "E (forward-over-reverse)": ResidualOperator(risk, method="forward-over-reverse"),
+        "hessian (double-backward)": HessianOperator(risk, method="double-backward", **cols),
+        "hessian (forward-over-reverse)": HessianOperator(risk, method="forward-over-reverse", **cols),
+        "G": GaussNewtonOperator(risk, **cols),
+        "E (double-backward)": ResidualOperator(risk, method="double-backward", **cols),
+        "E (forward-over-reverse)": ResidualOperator(risk, method="forward-over-reverse", **cols),
     }
+    peer = {"hessian (double-backward)": "hessian", "hessian (forward-over-reverse)": "hessian", "G": "G",
+            "E (double-backward)": "E", "E (forward-over-reverse)": "E"}
     theirs = curvlinops_products(model, risk, X, Y, args.batch_size)
+
     jobs: dict[str, Callable[[], object]] = {"gradient": risk.loss_and_gradient}
-    for label, op in ours.items():
-        jobs[f"ours {label}"] = lambda op=op: op.matmat(v)
-    for label in ("hessian (double-backward)", "G", "E (direct)"):
-        jobs[f"ours {label} block"] = lambda op=ours[label]: op.matmat(block)
-    if theirs is not None:
-        jobs["curvlinops hessian"] = lambda: theirs["hessian"] @ v
-        jobs["curvlinops G"] = lambda: theirs["G"] @ v
-        jobs["curvlinops hessian block"] = lambda: theirs["hessian"] @ block
-        jobs["curvlinops G block"] = lambda: theirs["G"] @ block
+    for cols_k, V in vectors.items():
+        for label, op in ours.items():
+            jobs[f"ours {label} {cols_k}"] = lambda op=op, V=V: op.matmat(V)
+        if theirs is not None:
+            for label, their in theirs.items():
+                jobs[f"curvlinops {label} {cols_k}"] = lambda their=their, V=V: their @ V
     t = best_times(jobs, args.repeats)
+    for cols_k in vectors:  # curvlinops has no E: its E v is H v - G v, two products
+        if theirs is not None:
+            t[f"curvlinops E {cols_k}"] = t[f"curvlinops hessian {cols_k}"] + t[f"curvlinops G {cols_k}"]
     grad = t["gradient"]
 
     diffs: dict[str, str] = {}
     if theirs is not None:
+        v = vectors[1]
         Hv, Gv = theirs["hessian"] @ v, theirs["G"] @ v
-        ref = {"hessian (double-backward)": Hv, "hessian (forward-over-reverse)": Hv, "G": Gv,
-               "E (direct)": Hv - Gv, "E (forward-over-reverse)": Hv - Gv}
-        diffs = {label: f"{rel_diff(op.matmat(v), ref[label]):.1e}" for label, op in ours.items()}
+        ref = {"hessian": Hv, "G": Gv, "E": Hv - Gv}
+        diffs = {label: f"{rel_diff(op.matmat(v), ref[peer[label]]):.1e}" for label, op in ours.items()}
 
     print(f"\n== {name}: P = {risk.size:,} parameters, N = {risk.num_data} examples, batch {args.batch_size}, "
           f"{risk.dtype}, {risk.device}; one gradient pass {1e3 * grad:.1f} ms")
-    head = f"{'product':<34s} {'ours ms':>9s} {'/grad':>6s} {'curvlinops ms':>14s} {'/grad':>6s} {'ours/theirs':>11s} {'rel diff':>9s}"
+    head = (f"{'product':<32s} {'columns':>7s} {'ours ms/col':>12s} {'/grad':>6s} {'curvlinops ms/col':>18s} {'/grad':>6s} "
+            f"{'ours/theirs':>11s} {'rel diff':>9s}")
     print(head)
     print("-" * len(head))
-    peer = {"hessian (double-backward)": "hessian", "hessian (forward-over-reverse)": "hessian", "G": "G"}
-    for label in ours:
-        mine = t[f"ours {label}"]
-        line = f"{label:<34s} {1e3 * mine:9.1f} {mine / grad:6.2f}"
-        other = None
-        if theirs is not None:
-            other = t.get(f"curvlinops {peer[label]}") if label in peer else t["curvlinops hessian"] + t["curvlinops G"]
-        if other is not None:
-            line += f" {1e3 * other:14.1f} {other / grad:6.2f} {mine / other:11.2f} {diffs[label]:>9s}"
-        print(line)
-    k = args.columns
-    for label, their in (("hessian (double-backward)", "hessian"), ("G", "G"), ("E (direct)", None)):
-        mine = t[f"ours {label} block"] / k
-        line = f"{label + f' block of {k}, per column':<34s} {1e3 * mine:9.1f} {mine / grad:6.2f}"
-        if theirs is not None:
-            other = (t[f"curvlinops {their} block"] if their else t["curvlinops hessian block"] + t["curvlinops G block"]) / k
-            line += f" {1e3 * other:14.1f} {other / grad:6.2f} {mine / other:11.2f}"
-        print(line)
+    for cols_k in vectors:
+        for label in ours:
+            mine = t[f"ours {label} {cols_k}"] / cols_k
+            line = f"{label:<32s} {cols_k:7d} {1e3 * mine:12.1f} {mine / grad:6.2f}"
+            if theirs is not None:
+                other = t[f"curvlinops {peer[label]} {cols_k}"] / cols_k
+                line += f" {1e3 * other:18.1f} {other / grad:6.2f} {mine / other:11.2f}"
+                line += f" {diffs[label]:>9s}" if cols_k == 1 else ""
+            print(line)
 
 
 def main() -> None:
