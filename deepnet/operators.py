@@ -131,7 +131,7 @@ class EmpiricalRisk:
 
     ``data`` is either a pair ``(X, Y)`` of tensors (inputs with the examples along
     the first axis, integer labels of shape ``(N,)``), cut into batches of
-    ``batch_size``, or a re-iterable collection of ``(x, y)`` batches (a list, a
+    ``batch_size`` (default 1000), or a re-iterable collection of ``(x, y)`` batches (a list, a
     ``DataLoader``; then ``batch_size`` must be left out). ``params`` selects the
     differentiated parameters (see :func:`select_parameters`); all others and the
     buffers are held fixed. ``dtype`` (e.g. ``torch.float64`` for checks) or
@@ -176,7 +176,8 @@ class EmpiricalRisk:
         self.numels = tuple(p.numel() for p in self._params)
         self.size = sum(self.numels)
         # everything not differentiated is passed as a constant
-        self._fixed = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
+        chosen = set(self.names)
+        self._fixed = {n: p.detach() for n, p in named.items() if n not in chosen}
         self._fixed.update({n: b for n, b in model.named_buffers()})
 
         if isinstance(data, tuple) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
