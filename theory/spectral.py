@@ -200,6 +200,13 @@ def _random_block(op: SymmetricOperator, k: int, seed: int, exclude: torch.Tenso
     return X.to(dtype=op.dtype, device=op.device)
 
 
+def _column_dots(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """``(x_j^T y_j)_j`` accumulated in float64 (a BLAS dot for one float64 column)."""
+    if X.shape[1] == 1 and X.dtype == torch.float64:
+        return torch.dot(X[:, 0], Y[:, 0]).reshape(1)
+    return (X * Y).sum(dim=0, dtype=torch.float64)
+
+
 def _colwise(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(device="cpu", dtype=torch.float64).numpy()
 
@@ -258,7 +265,7 @@ def lanczos(
     steps = progress(range(m), total=m, desc="lanczos", enabled=show_progress)
     for j in steps:
         w = op.matmat(q)
-        a = (q.to(torch.float64) * w.to(torch.float64)).sum(dim=0)
+        a = _column_dots(q, w)
         a_dev = a.to(op.dtype)[None, :]
         w.addcmul_(q, a_dev, value=-1.0).addcmul_(q_prev, beta_prev, value=-1.0)
         if basis is not None:
@@ -266,7 +273,7 @@ def lanczos(
             for _ in range(2):
                 coef = torch.einsum("jps,ps->js", basis[: j + 1], w)
                 w -= torch.einsum("jps,js->ps", basis[: j + 1], coef)
-        b = torch.linalg.vector_norm(w.to(torch.float64), dim=0)
+        b = torch.linalg.vector_norm(w, dim=0, dtype=torch.float64)
         a_np, b_np = _colwise(a), _colwise(b)
         bad = active & ~(np.isfinite(a_np) & np.isfinite(b_np))
         if bad.any():
@@ -283,7 +290,7 @@ def lanczos(
         if not active.any():
             break
         scale = torch.as_tensor(np.where(active, 1.0 / np.maximum(b_np, np.finfo(float).tiny), 0.0))
-        q_prev, q = q, w * scale.to(dtype=op.dtype, device=op.device)[None, :]
+        q_prev, q = q, w.mul_(scale.to(dtype=op.dtype, device=op.device)[None, :])
         beta_prev = torch.as_tensor(np.where(active, b_np, 0.0)).to(dtype=op.dtype, device=op.device)[None, :]
 
     ritz = np.full((s, m), np.nan)
