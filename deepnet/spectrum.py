@@ -157,12 +157,10 @@ def compute_spectra(
 def spectra_figure(spectra: Spectra, title: str = "") -> Any:
     """Two panels: the deflated densities on a linear axis (log-scale density) and on
     ``log10(|lambda| + eps)``, outliers as markers along the top; one colour per operator."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no backend or global state touched
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig = Figure(figsize=(12, 4.2))
+    axes = fig.subplots(1, 2)
     for s in spectra.spectra:
         color, label = COLORS[s.operator], LABELS[s.operator]
         for ax, part, log in ((axes[0], s.density, False), (axes[1], s.log_density, True)):
