@@ -12,7 +12,10 @@ The last column is ``|ours - theirs| / |theirs|`` for one vector (curvlinops
 has no ``E``; its ``E v`` is ``H v - G v``, two products).
 
 Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 3] [--threads 1]``
-(curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown)."""
+(curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown).
+On a machine shared with other jobs use ``--threads 1``: oversubscribed intra-op
+threads make every timing erratic (there a gradient pass took 6x longer with 2
+threads than with 1)."""
 
 from __future__ import annotations
 
