@@ -37,7 +37,11 @@ from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
 __all__ = ["OperatorSpectrum", "Spectra", "compute_spectra", "spectra_figure", "spectra_report", "add_arguments", "run"]
 
 LABELS = {"hessian": "Hessian", "G": "G", "E": "E"}
-COLORS = {"hessian": "black", "G": "tab:blue", "E": "tab:red"}
+STYLES = {  # the Hessian wide and pale underneath, so that G and E stay visible where they coincide with it
+    "hessian": dict(color="black", lw=2.4, alpha=0.45),
+    "G": dict(color="tab:blue", lw=1.2),
+    "E": dict(color="tab:red", lw=1.2, ls="--"),
+}
 
 
 @dataclass(frozen=True)
@@ -155,23 +159,25 @@ def compute_spectra(
 
 
 def spectra_figure(spectra: Spectra, title: str = "") -> Any:
-    """Two panels: the deflated densities on a linear axis (log-scale density) and on
-    ``log10(|lambda| + eps)``, outliers as markers along the top; one colour per operator."""
+    """Two panels: the deflated bulk densities (times their weight ``(P-k)/P``) on a
+    linear axis (log-scale density) and on ``log10(|lambda| + eps)``, outliers as
+    markers along the top; one colour per operator."""
     from matplotlib.figure import Figure  # no pyplot: no backend or global state touched
 
     fig = Figure(figsize=(12, 4.2))
     axes = fig.subplots(1, 2)
     for s in spectra.spectra:
-        color, label = COLORS[s.operator], LABELS[s.operator]
+        style, label = STYLES[s.operator], LABELS[s.operator]
         for ax, part, log in ((axes[0], s.density, False), (axes[1], s.log_density, True)):
             bulk = part.bulk
             y = part.bulk_weight * bulk.density
-            ax.plot(bulk.grid, np.maximum(y, 1e-300), color=color, lw=1.2, label=f"{label} bulk")
+            ax.plot(bulk.grid, np.maximum(y, 1e-300), label=f"{label} bulk", **style)
             x = np.log10(np.abs(part.outliers) + bulk.eps) if log else part.outliers
-            ax.plot(x, np.full(x.shape, 1.0), ls="none", marker="v", color=color, ms=6,
+            ax.plot(x, np.full(x.shape, 1.0), ls="none", marker="v", color=style["color"], ms=6, scaley=False,
                     transform=ax.get_xaxis_transform(), clip_on=False, label=f"{label} top-{len(x)}")
     axes[0].set_yscale("log")
-    axes[0].set_ylim(bottom=1e-6 * max(float((s.density.bulk_weight * s.density.bulk.density).max()) for s in spectra.spectra))
+    peak = max(float((s.density.bulk_weight * s.density.bulk.density).max()) for s in spectra.spectra)
+    axes[0].set_ylim(1e-6 * peak, 3 * peak)
     axes[0].set_xlabel("eigenvalue $\\lambda$")
     axes[0].set_ylabel("density (bulk, deflated)")
     eps = spectra.settings.get("eps", 1e-6)
