@@ -1,0 +1,157 @@
+"""Cost of one Hessian / G / E product over a data set, in units of one plain
+gradient pass over the same data, with curvlinops' products side by side.
+
+For an MLP and a small CNN (VGG11 with narrow channels) on a class-balanced
+Fashion-MNIST subset, in eval mode, every product ``A V`` (``V`` of shape
+(P, k), all parameters) makes one pass over the same batches as the gradient
+pass (``EmpiricalRisk.loss_and_gradient``). Timed for one vector (a Lanczos
+step) and for a block of ``--columns`` vectors (Lanczos with several starts,
+subspace iteration), per column. Timings are the best of ``--repeats`` rounds,
+all jobs interleaved within each round so that machine load hits them alike.
+The last column is ``|ours - theirs| / |theirs|`` for one vector (curvlinops
+has no ``E``; its ``E v`` is ``H v - G v``, two products).
+
+Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 3] [--threads 1]``
+(curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown).
+On a machine shared with other jobs use ``--threads 1``: oversubscribed intra-op
+threads make every timing erratic (there a gradient pass took 6x longer with 2
+threads than with 1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from deepnet.data import load_subset
+from deepnet.models import MLP, VGG11
+from deepnet.operators import EmpiricalRisk, GaussNewtonOperator, HessianOperator, ResidualOperator
+
+
+def curvlinops_products(model: nn.Module, risk: EmpiricalRisk, X: torch.Tensor, Y: torch.Tensor, batch_size: int):
+    """curvlinops' Hessian and GGN operators on the same batches (None if not installed)."""
+    try:
+        from curvlinops import GGNLinearOperator, HessianLinearOperator
+    except ImportError:
+        return None
+    data = list(zip(X.split(batch_size), Y.split(batch_size)))
+    params = [p for n, p in model.named_parameters() if n in risk.names]
+    kwargs = dict(check_deterministic=False, num_data=risk.num_data)
+    loss = nn.CrossEntropyLoss(reduction="mean")
+    return {
+        "hessian": HessianLinearOperator(model, loss, params, data, **kwargs),
+        "G": GGNLinearOperator(model, loss, params, data, **kwargs),
+    }
+
+
+def best_times(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall time of each job over ``repeats`` interleaved rounds (after one warm-up)."""
+    for job in jobs.values():
+        job()
+    best = {name: float("inf") for name in jobs}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def bench_model(name: str, model: nn.Module, X: torch.Tensor, Y: torch.Tensor, args: argparse.Namespace) -> None:
+    model = model.eval()
+    risk = EmpiricalRisk(model, (X, Y), batch_size=args.batch_size)
+    gen = torch.Generator().manual_seed(0)
+    k = args.columns
+    vectors = {1: torch.randn(risk.size, 1, generator=gen).to(risk.device),
+               k: torch.randn(risk.size, k, generator=gen).to(risk.device)}
+    cols = dict(max_columns=k)
+    ours = {
+        "hessian (double-backward)": HessianOperator(risk, method="double-backward", **cols),
+        "hessian (forward-over-reverse)": HessianOperator(risk, method="forward-over-reverse", **cols),
+        "G": GaussNewtonOperator(risk, **cols),
+        "E (double-backward)": ResidualOperator(risk, method="double-backward", **cols),
+        "E (forward-over-reverse)": ResidualOperator(risk, method="forward-over-reverse", **cols),
+    }
+    peer = {"hessian (double-backward)": "hessian", "hessian (forward-over-reverse)": "hessian", "G": "G",
+            "E (double-backward)": "E", "E (forward-over-reverse)": "E"}
+    theirs = curvlinops_products(model, risk, X, Y, args.batch_size)
+
+    jobs: dict[str, Callable[[], object]] = {"gradient": risk.loss_and_gradient}
+    for cols_k, V in vectors.items():
+        for label, op in ours.items():
+            jobs[f"ours {label} {cols_k}"] = lambda op=op, V=V: op.matmat(V)
+        if theirs is not None:
+            for label, their in theirs.items():
+                jobs[f"curvlinops {label} {cols_k}"] = lambda their=their, V=V: their @ V
+    t = best_times(jobs, args.repeats)
+    for cols_k in vectors:  # curvlinops has no E: its E v is H v - G v, two products
+        if theirs is not None:
+            t[f"curvlinops E {cols_k}"] = t[f"curvlinops hessian {cols_k}"] + t[f"curvlinops G {cols_k}"]
+    grad = t["gradient"]
+
+    diffs: dict[str, str] = {}
+    if theirs is not None:
+        v = vectors[1]
+        Hv, Gv = theirs["hessian"] @ v, theirs["G"] @ v
+        ref = {"hessian": Hv, "G": Gv, "E": Hv - Gv}
+        diffs = {label: f"{rel_diff(op.matmat(v), ref[peer[label]]):.1e}" for label, op in ours.items()}
+
+    print(f"\n== {name}: P = {risk.size:,} parameters, N = {risk.num_data} examples, batch {args.batch_size}, "
+          f"{risk.dtype}, {risk.device}; one gradient pass {1e3 * grad:.1f} ms")
+    head = (f"{'product':<32s} {'columns':>7s} {'ours ms/col':>12s} {'/grad':>6s} {'curvlinops ms/col':>18s} {'/grad':>6s} "
+            f"{'ours/theirs':>11s} {'rel diff':>9s}")
+    print(head)
+    print("-" * len(head))
+    for cols_k in vectors:
+        for label in ours:
+            mine = t[f"ours {label} {cols_k}"] / cols_k
+            line = f"{label:<32s} {cols_k:7d} {1e3 * mine:12.1f} {mine / grad:6.2f}"
+            if theirs is not None:
+                other = t[f"curvlinops {peer[label]} {cols_k}"] / cols_k
+                line += f" {1e3 * other:18.1f} {other / grad:6.2f} {mine / other:11.2f}"
+                line += f" {diffs[label]:>9s}" if cols_k == 1 else ""
+            print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="fashion-mnist", help="a deepnet.data name (default fashion-mnist)")
+    parser.add_argument("--root", default=None, help="data root (default: the usual places, see deepnet.data)")
+    parser.add_argument("--per-class", type=int, default=50, help="training examples per class (default 50)")
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--columns", type=int, default=4, help="columns of the block product (default 4)")
+    parser.add_argument("--mlp-depth", type=int, default=4)
+    parser.add_argument("--mlp-width", type=int, default=512)
+    parser.add_argument("--cnn-width", type=int, default=8, help="VGG11 channel width (64 is the paper's)")
+    parser.add_argument("--cnn-hidden", type=int, default=128, help="VGG11 classifier width (4096 is the paper's)")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured, also in a log file
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_subset(args.dataset, root=args.root, per_class=args.per_class, seed=args.seed, device=device)
+    X, Y = data.train.images.to(device), data.train.labels.to(device)
+    print(f"{data.name}: {len(Y)} training images {tuple(data.in_shape)}, {data.num_classes} classes; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
+    torch.manual_seed(args.seed)
+    mlp = MLP(data.in_shape, data.num_classes, depth=args.mlp_depth, width=args.mlp_width).to(device)
+    torch.manual_seed(args.seed)
+    cnn = VGG11(data.in_shape, data.num_classes, width=args.cnn_width, hidden=args.cnn_hidden).to(device)
+    bench_model(f"MLP {args.mlp_depth} x {args.mlp_width} (BN)", mlp, X, Y, args)
+    bench_model(f"VGG11-BN width {args.cnn_width}, hidden {args.cnn_hidden}", cnn, X, Y, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""deepnet.spectrum: top eigenvalues and deflated densities of H, G, E against dense
+eigenvalues, and the ``python -m deepnet spectrum`` command on a real (tiny) checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepnet.__main__ import main
+from deepnet.spectrum import compute_spectra, spectra_report
+from test_deepnet_operators import dense_references, make_mlp
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_compute_spectra_matches_dense_eigenvalues():
+    model, X, Y = make_mlp()
+    names = [n for n, _ in model.named_parameters()]
+    dense = dict(zip(("hessian", "G", "E"), dense_references(model, X, Y, names)))
+    spectra = compute_spectra(model, (X, Y), num_steps=24, num_repeats=2, tol=1e-7, seed=3)  # batching: see test_deepnet_operators
+    assert spectra.num_parameters == len(dense["G"]) and spectra.num_classes == 3 and spectra.num_data == X.shape[0]
+    assert [s.operator for s in spectra.spectra] == ["hessian", "G", "E"]
+    for s in spectra.spectra:
+        exact = np.linalg.eigvalsh(dense[s.operator].numpy())[::-1]
+        assert s.top.converged
+        np.testing.assert_allclose(s.top.eigenvalues, exact[:3], rtol=1e-6)
+        for part in (s.density, s.log_density):
+            assert part.outlier_weight == 1 / spectra.num_parameters
+            np.testing.assert_allclose(np.trapezoid(part.bulk.density, part.bulk.grid), 1.0, atol=1e-3)
+        # the deflated bulk lies within the remaining eigenvalues (up to the bounds' margin)
+        b = s.density.bulk.bounds
+        width = exact[3] - exact[-1]
+        assert exact[-1] - 0.2 * width <= b.lower and b.upper <= exact[3] + 0.2 * width
+    # G is positive semidefinite: no mass below zero beyond rounding; the Hessian has some
+    G, H = spectra["G"].density, spectra["hessian"].density
+    assert G.bulk.nodes.min() > -1e-8 * spectra["G"].top.eigenvalues[0]
+    assert (np.linalg.eigvalsh(dense["hessian"].numpy()) < -1e-10).any() and H.bulk.nodes.min() < 0
+    report = spectra_report(spectra)
+    assert "| Hessian |" in report and "| G |" in report and "| E |" in report
+
+
+def test_compute_spectra_per_layer_and_bad_settings():
+    model, X, Y = make_mlp()
+    spectra = compute_spectra(model, (X, Y), operators=["G"], params="fc2", num_outliers=2, num_steps=10, num_repeats=1, tol=1e-8)
+    names = ["fc2.weight", "fc2.bias"]
+    G = dense_references(model, X, Y, names)[1]
+    assert spectra.params == tuple(names) and spectra.num_parameters == 54
+    np.testing.assert_allclose(spectra["G"].top.eigenvalues, np.linalg.eigvalsh(G.numpy())[::-1][:2], rtol=1e-6)
+    with pytest.raises(ValueError, match="operators: expected distinct names"):
+        compute_spectra(model, (X, Y), operators=["hessian", "fisher"])
+    with pytest.raises(ValueError, match="num_steps: expected an integer >= 2"):
+        compute_spectra(model, (X, Y), num_steps=1)
+    with pytest.raises(ValueError, match="kappa: expected a number > 1"):
+        compute_spectra(model, (X, Y), kappa=1.0)
+    with pytest.raises(ValueError, match=r"num_outliers \+ num_steps: 3 \+ 128 exceeds the 54 selected parameters"):
+        compute_spectra(model, (X, Y), params="fc2")
+    model.train()
+    with pytest.raises(ValueError, match="training mode"):
+        compute_spectra(model, (X, Y))
+
+
+def test_command_line_writes_run_folder(tmp_path, capsys):
+    from deepnet.train import TrainConfig, train
+
+    config = TrainConfig(dataset="mnist-5k", per_class=6, model="mlp", model_kwargs={"depth": 1, "width": 6},
+                         epochs=2, lr=0.05, batch_size=20, seed=1, data_seed=1)
+    train(config, tmp_path / "run", device="cpu", show_progress=False)
+    out = tmp_path / "spectrum"
+    argv = ["spectrum", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--device", "cpu", "--float64",
+            "--batch-size", "40", "--num-outliers", "3", "--num-steps", "12", "--num-repeats", "2", "--max-iterations", "10"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json", "spectra.png"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["dataset"] == "mnist-5k" and results["split"] == "train"
+    spectra = results["spectra"]
+    assert spectra["num_data"] == 60 and spectra["num_classes"] == 10 and spectra["dtype"] == "torch.float64"
+    assert [s["operator"] for s in spectra["spectra"]] == ["hessian", "G", "E"]
+    for s in spectra["spectra"]:
+        assert len(s["top"]["eigenvalues"]) == 3 and "eigenvectors" not in s["top"]
+        assert len(s["log_density"]["bulk"]["grid"]) == 1024
+    g_top = spectra["spectra"][1]["top"]["eigenvalues"]  # not converged in 10 iterations, but sorted and positive
+    assert g_top == sorted(g_top, reverse=True) and g_top[-1] > 0
+    assert "# Hessian / G / E spectra" in (out / "report.md").read_text()
+    # bad input fails before any work and leaves nothing behind
+    with pytest.raises(SystemExit) as stop:
+        main(["spectrum", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "never")])
+    assert stop.value.code == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["spectrum", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--kappa", "0.5"])
+    assert "kappa: expected a number > 1" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
