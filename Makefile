@@ -19,3 +19,4 @@ bench: setup
 	$(PY) bench/structure.py
 	$(PY) bench/mlr.py
 	$(PY) bench/mlr_closed_forms.py
+	$(PY) bench/products.py --threads 1
