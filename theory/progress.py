@@ -37,9 +37,9 @@ def progress(
     def draw(done: int) -> None:
         nonlocal last_decile
         elapsed = time.perf_counter() - start
-        eta = elapsed / done * (total - done) if done else float("nan")
+        eta = f"{elapsed / done * (total - done):5.1f}s" if done else "    ?"
         filled = int(width * done / total)
-        line = f"{desc} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s eta {eta:5.1f}s"
+        line = f"{desc} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s eta {eta}"
         if interactive:
             stream.write("\r" + line + ("\n" if done == total else ""))
         elif done * 10 // total > last_decile:
