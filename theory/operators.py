@@ -30,6 +30,7 @@ __all__ = [
     "ProjectedOperator",
     "as_operator",
     "check_symmetric",
+    "orthonormal_basis",
     "torch_dtype",
 ]
 
