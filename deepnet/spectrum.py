@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from theory.runs import RunFolder
-from theory.spectral import DeflatedDensity, Eigenpairs, bulk_density, top_eigenpairs
+from theory.spectral import DeflatedDensity, Eigenpairs, bulk_densities, top_eigenpairs
 
 from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
 
@@ -146,8 +146,7 @@ def compute_spectra(
         start = time.perf_counter()
         op = curvature_operator(kind, risk, max_columns=max_columns, method=method)
         top = top_eigenpairs(op, k, which=which, tol=tol, max_iterations=max_iterations, seed=seed, show_progress=show_progress)
-        linear = bulk_density(op, top, **density_kwargs)
-        log = bulk_density(op, top, log=True, eps=eps, check_symmetry=False, **density_kwargs)
+        linear, log = bulk_densities(op, top, eps=eps, **density_kwargs)
         results.append(OperatorSpectrum(kind, top, linear, log, time.perf_counter() - start))
     settings = dict(
         operators=list(ops), num_outliers=k, which=which, num_steps=num_steps, num_repeats=num_repeats,

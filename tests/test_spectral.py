@@ -8,12 +8,14 @@ import torch
 
 from theory.operators import CallableOperator, as_operator
 from theory.spectral import (
+    bulk_densities,
     bulk_density,
     deflate,
     estimate_bounds,
     gaussian_smooth,
     lanczos,
     log_spectral_density,
+    spectral_densities,
     spectral_density,
     top_eigenpairs,
 )
@@ -188,6 +190,29 @@ def test_deflation_recovers_the_bulk():
     assert np.trapezoid(np.abs(est - gaussian_smooth(bulk, None, 0.05, dd.bulk.grid)), dd.bulk.grid) < 0.1
     log_dd = bulk_density(A, pairs, log=True, num_steps=64)
     assert log_dd.bulk.scale == "log" and abs(np.trapezoid(log_dd.bulk.density, log_dd.bulk.grid) - 1) < 1e-3
+
+
+def test_one_run_gives_both_densities_with_the_same_numbers():
+    A = spiked_wishart(400, [6.0, 4.0])
+    calls = {"columns": 0}
+
+    def fn(V):
+        calls["columns"] += V.shape[1]
+        return A @ V
+
+    op = CallableOperator(fn, 400)
+    linear, log = spectral_densities(op, eps=1e-5, num_steps=40, num_repeats=3, seed=2)
+    shared = calls["columns"]
+    calls["columns"] = 0
+    separate = (spectral_density(op, num_steps=40, num_repeats=3, seed=2), log_spectral_density(op, eps=1e-5, num_steps=40, num_repeats=3, seed=2))
+    assert calls["columns"] == 2 * shared
+    for one, two in zip((linear, log), separate):
+        assert np.array_equal(one.grid, two.grid) and np.array_equal(one.density, two.density)
+    pairs = top_eigenpairs(A, 2)
+    both = bulk_densities(A, pairs, eps=1e-5, num_steps=40, num_repeats=3)
+    assert np.array_equal(both[0].bulk.density, bulk_density(A, pairs, num_steps=40, num_repeats=3).bulk.density)
+    assert np.array_equal(both[1].bulk.density, bulk_density(A, pairs, log=True, eps=1e-5, num_steps=40, num_repeats=3).bulk.density)
+    assert both[1].bulk.scale == "log" and both[0].outliers.tolist() == both[1].outliers.tolist()
 
 
 def test_float32_products_give_float64_densities_within_plotting_accuracy():

@@ -40,8 +40,7 @@ from .spectral import (
     Eigenpairs,
     SpectralDensity,
     bulk_density,
-    log_spectral_density,
-    spectral_density,
+    spectral_densities,
     top_eigenpairs,
 )
 from .structure import CrossClassDecomposition, FeatureDecomposition, LowRankPart, WithinPart
@@ -519,9 +518,8 @@ def attribute(
     check_symmetric(A, seed=seed)
     pairs = top(A, num_top)
     dens_kw["check_symmetry"] = False
-    lin_a = spectral_density(A, **dens_kw)
+    lin_a, log_a = spectral_densities(A, eps=log_eps, **dens_kw)
     bounds = lin_a.bounds
-    log_a = log_spectral_density(A, eps=log_eps, bounds=bounds, **dens_kw)
     deflated = bulk_density(A, pairs, **dens_kw)
     edge = estimate_bulk_edge(pairs.eigenvalues, p, bulk=deflated.bulk, margin=edge_margin, fit_fraction=fit_fraction)
     thr = edge.threshold
@@ -560,8 +558,8 @@ def attribute(
     def summarize(name, kind, comp, op, top, cert_rank, lin=None, log=None) -> KnockoutSpectrum:
         vals = top.eigenvalues
         n_sep = int(np.sum(vals > thr))
-        lin = lin or spectral_density(op, bounds=bounds, **dens_kw)
-        log = log or log_spectral_density(op, eps=log_eps, bounds=bounds, **dens_kw)
+        if lin is None:
+            lin, log = spectral_densities(op, eps=log_eps, bounds=bounds, **dens_kw)
         Usep = top.eigenvectors[:, vals > thr]
         retained = {f: _retained(Usep, Uf[f]) for f in feat_names}
         cert = None

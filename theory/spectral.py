@@ -43,9 +43,11 @@ __all__ = [
     "estimate_bounds",
     "spectral_density",
     "log_spectral_density",
+    "spectral_densities",
     "top_eigenpairs",
     "deflate",
     "bulk_density",
+    "bulk_densities",
     "kernel_width",
     "gaussian_smooth",
 ]
@@ -392,6 +394,41 @@ def _density_runs(
     return op, bounds, nodes, weights / num_repeats
 
 
+def _check_eps(eps: float) -> None:
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps: expected a number > 0, got {eps}")
+
+
+def _linear_density(
+    bounds: SpectralBounds, nodes: np.ndarray, weights: np.ndarray, num_steps: int, num_repeats: int,
+    kappa: float, num_points: int, reorthogonalize: bool, seed: int,
+) -> SpectralDensity:
+    """The density in ``lambda`` from quadrature nodes and weights (see :func:`spectral_density`)."""
+    sigma = kernel_width(num_steps, kappa, bounds.half_width)
+    grid, density = _smooth(nodes, weights, sigma, bounds.lower, bounds.upper, num_points)
+    return SpectralDensity(
+        grid, density, nodes, weights, sigma, bounds, "linear", None,
+        num_steps, num_repeats, float(kappa), bool(reorthogonalize), int(seed),
+    )
+
+
+def _log_density(
+    bounds: SpectralBounds, nodes: np.ndarray, weights: np.ndarray, eps: float, num_steps: int,
+    num_repeats: int, kappa: float, num_points: int, reorthogonalize: bool, seed: int,
+) -> SpectralDensity:
+    """The density in ``log10(|lambda| + eps)`` from the same nodes (see :func:`log_spectral_density`)."""
+    top = max(abs(bounds.lower), abs(bounds.upper))
+    bottom = 0.0 if bounds.lower <= 0.0 <= bounds.upper else min(abs(bounds.lower), abs(bounds.upper))
+    y_lo, y_hi = math.log10(bottom + eps), math.log10(top + eps)
+    sigma = kernel_width(num_steps, kappa, 0.5 * (y_hi - y_lo))
+    y_nodes = np.log10(np.abs(nodes) + eps)
+    grid, density = _smooth(y_nodes, weights, sigma, y_lo, y_hi, num_points)
+    return SpectralDensity(
+        grid, density, y_nodes, weights, sigma, bounds, "log", float(eps),
+        num_steps, num_repeats, float(kappa), bool(reorthogonalize), int(seed),
+    )
+
+
 def spectral_density(
     op: object,
     *,
@@ -421,12 +458,7 @@ def spectral_density(
         op, num_steps, num_repeats, kappa, num_points, margin, seed, bounds,
         reorthogonalize, exclude, check_symmetry, show_progress,
     )
-    sigma = kernel_width(num_steps, kappa, bounds.half_width)
-    grid, density = _smooth(nodes, weights, sigma, bounds.lower, bounds.upper, num_points)
-    return SpectralDensity(
-        grid, density, nodes, weights, sigma, bounds, "linear", None,
-        num_steps, num_repeats, float(kappa), bool(reorthogonalize), int(seed),
-    )
+    return _linear_density(bounds, nodes, weights, num_steps, num_repeats, kappa, num_points, reorthogonalize, seed)
 
 
 def log_spectral_density(
@@ -453,21 +485,41 @@ def log_spectral_density(
     is a density in ``y`` (it integrates to one over ``y``; a density in ``lambda``
     would carry the Jacobian ``dy/dlambda = 1 / ((|lambda| + eps) ln 10)``).
     """
-    if not (np.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps: expected a number > 0, got {eps}")
+    _check_eps(eps)
     _, bounds, nodes, weights = _density_runs(
         op, num_steps, num_repeats, kappa, num_points, margin, seed, bounds,
         reorthogonalize, exclude, check_symmetry, show_progress,
     )
-    top = max(abs(bounds.lower), abs(bounds.upper))
-    bottom = 0.0 if bounds.lower <= 0.0 <= bounds.upper else min(abs(bounds.lower), abs(bounds.upper))
-    y_lo, y_hi = math.log10(bottom + eps), math.log10(top + eps)
-    sigma = kernel_width(num_steps, kappa, 0.5 * (y_hi - y_lo))
-    y_nodes = np.log10(np.abs(nodes) + eps)
-    grid, density = _smooth(y_nodes, weights, sigma, y_lo, y_hi, num_points)
-    return SpectralDensity(
-        grid, density, y_nodes, weights, sigma, bounds, "log", float(eps),
-        num_steps, num_repeats, float(kappa), bool(reorthogonalize), int(seed),
+    return _log_density(bounds, nodes, weights, eps, num_steps, num_repeats, kappa, num_points, reorthogonalize, seed)
+
+
+def spectral_densities(
+    op: object,
+    *,
+    eps: float = 1e-6,
+    num_steps: int = 128,
+    num_repeats: int = 10,
+    kappa: float = 3.0,
+    num_points: int = 1024,
+    margin: float = 0.05,
+    seed: int = 0,
+    bounds: SpectralBounds | None = None,
+    reorthogonalize: bool = False,
+    exclude: torch.Tensor | None = None,
+    check_symmetry: bool = True,
+    show_progress: bool = False,
+) -> tuple[SpectralDensity, SpectralDensity]:
+    """``(spectral_density(op, ...), log_spectral_density(op, eps=eps, ...))`` from one
+    set of Lanczos runs: the same numbers as the two calls, at half the products."""
+    _check_eps(eps)
+    _, bounds, nodes, weights = _density_runs(
+        op, num_steps, num_repeats, kappa, num_points, margin, seed, bounds,
+        reorthogonalize, exclude, check_symmetry, show_progress,
+    )
+    settings = (num_steps, num_repeats, kappa, num_points, reorthogonalize, seed)
+    return (
+        _linear_density(bounds, nodes, weights, *settings),
+        _log_density(bounds, nodes, weights, eps, *settings),
     )
 
 
@@ -528,7 +580,7 @@ def top_eigenpairs(
     it = 0
     for it in progress(range(1, limit + 1), total=limit, desc="subspace", enabled=show_progress):
         AX = op.matmat(X)
-        H = (X.T @ AX).to(torch.float64) if op.dtype == torch.float64 else X.double().T @ AX.double()
+        H = X.double().T @ AX.double()  # no copies for float64 blocks
         theta, S = torch.linalg.eigh(0.5 * (H + H.T).cpu())
         key = {"largest": theta, "smallest": -theta, "magnitude": theta.abs()}[which]
         order = torch.argsort(key, descending=True)
@@ -587,6 +639,15 @@ def deflate(op: object, pairs: Eigenpairs | tuple[object, object]) -> SymmetricO
     return op.low_rank_update(vectors, -values)
 
 
+def _deflated(op: SymmetricOperator, values: np.ndarray, bulk: SpectralDensity) -> DeflatedDensity:
+    return DeflatedDensity(
+        outliers=np.sort(values)[::-1].copy(),
+        outlier_weight=1.0 / op.size,
+        bulk_weight=(op.size - values.size) / op.size,
+        bulk=bulk,
+    )
+
+
 def bulk_density(
     op: object,
     pairs: Eigenpairs | tuple[object, object],
@@ -601,11 +662,18 @@ def bulk_density(
     values, vectors = _pairs(pairs)
     projected = ProjectedOperator(op, vectors)
     estimator = log_spectral_density if log else spectral_density
-    bulk = estimator(projected, exclude=projected.Q, **density_kwargs)
-    k = values.size
-    return DeflatedDensity(
-        outliers=np.sort(values)[::-1].copy(),
-        outlier_weight=1.0 / op.size,
-        bulk_weight=(op.size - k) / op.size,
-        bulk=bulk,
-    )
+    return _deflated(op, values, estimator(projected, exclude=projected.Q, **density_kwargs))
+
+
+def bulk_densities(
+    op: object,
+    pairs: Eigenpairs | tuple[object, object],
+    **density_kwargs: object,
+) -> tuple[DeflatedDensity, DeflatedDensity]:
+    """``(bulk_density(op, pairs, ...), bulk_density(op, pairs, log=True, ...))`` from one
+    set of Lanczos runs (:func:`spectral_densities`; ``eps`` goes to the log density)."""
+    op = as_operator(op)
+    values, vectors = _pairs(pairs)
+    projected = ProjectedOperator(op, vectors)
+    linear, log = spectral_densities(projected, exclude=projected.Q, **density_kwargs)
+    return _deflated(op, values, linear), _deflated(op, values, log)
