@@ -1,0 +1,224 @@
+"""Lanczos tridiagonalisation on the operator contract (Papyan 2020, Appendix C).
+
+Recurrence ``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` from one or
+several independent random starts (run together as the columns of one block),
+with full reorthogonalisation (exact, ``O(m p)`` memory) or without (``O(p)``
+memory); Gauss quadrature nodes ``theta_k`` and weights ``tau_k = S_{1k}^2`` from
+``T = S diag(theta) S^T``. Coefficients are float64 whatever the operator's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from .checks import check_int, check_real
+from .operators import SymmetricOperator, as_operator, check_symmetric
+from .progress import progress
+from .recurrence import column_dots, recurrence_step
+
+__all__ = ["LanczosResult", "SpectralBounds", "estimate_bounds", "lanczos", "prepare_operator", "random_block"]
+
+
+@dataclass(frozen=True)
+class LanczosResult:
+    """Lanczos coefficients of ``s`` independent runs of ``m`` steps (float64).
+
+    ``alpha[r, j] = q_j^T A q_j`` and ``beta[r, j] = |r_j|`` with ``r_j`` the residual
+    after step ``j`` (so ``beta[r, :-1]`` is the off-diagonal of ``T`` and ``beta[r, -1]``
+    the final residual norm). A run that found an invariant subspace after
+    ``num_valid[r] < m`` steps has its remaining entries padded: Ritz values and
+    residual bounds with NaN, weights with 0.
+    """
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    ritz_values: np.ndarray
+    weights: np.ndarray
+    residual_bounds: np.ndarray
+    num_valid: np.ndarray
+    num_steps: int
+    reorthogonalize: bool
+    seed: int
+
+    def tridiagonal(self, run: int = 0) -> np.ndarray:
+        """The dense ``n x n`` tridiagonal ``T`` of run ``run`` (``n = num_valid[run]``)."""
+        n = int(self.num_valid[run])
+        off = self.beta[run, : n - 1]
+        return np.diag(self.alpha[run, :n]) + np.diag(off, 1) + np.diag(off, -1)
+
+    def nodes_and_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """All valid quadrature nodes and weights, flattened; weights sum to ``s``."""
+        mask = ~np.isnan(self.ritz_values)
+        return self.ritz_values[mask], self.weights[mask]
+
+
+@dataclass(frozen=True)
+class SpectralBounds:
+    """An interval ``[lower, upper]`` holding the spectrum, and how it was estimated."""
+
+    lower: float
+    upper: float
+    ritz_min: float
+    ritz_max: float
+    num_steps: int
+    margin: float
+
+    @property
+    def center(self) -> float:
+        return 0.5 * (self.upper + self.lower)
+
+    @property
+    def half_width(self) -> float:
+        return 0.5 * (self.upper - self.lower)
+
+
+
+def prepare_operator(op: object, check_symmetry: bool, seed: int) -> SymmetricOperator:
+    op = as_operator(op)
+    if check_symmetry:
+        check_symmetric(op, seed=seed + 7919)
+    return op
+
+
+def random_block(op: SymmetricOperator, k: int, seed: int, exclude: torch.Tensor | None) -> torch.Tensor:
+    """``k`` standard normal columns drawn on the CPU in float64 from ``seed`` (so the
+    same seed gives the same start on every device), projected orthogonal to the
+    orthonormal columns of ``exclude`` when given."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    X = torch.randn(op.size, k, generator=gen, dtype=torch.float64)
+    if exclude is not None:
+        E = exclude.to(dtype=torch.float64, device="cpu")
+        X -= E @ (E.T @ X)
+        X -= E @ (E.T @ X)
+    return X.to(dtype=op.dtype, device=op.device)
+
+
+# --------------------------------------------------------------------------- Lanczos
+def lanczos(
+    op: object,
+    num_steps: int,
+    *,
+    num_starts: int = 1,
+    reorthogonalize: bool = True,
+    seed: int = 0,
+    start: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+    check_symmetry: bool = True,
+    show_progress: bool = False,
+) -> LanczosResult:
+    """Run ``num_steps`` Lanczos steps from ``num_starts`` starts at once.
+
+    Recurrence per start: ``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}``,
+    ``alpha_j = q_j^T A q_j``. With ``reorthogonalize=True`` every residual is
+    orthogonalised twice against all previous ``q`` (classical Gram-Schmidt twice);
+    otherwise only the three-term recurrence is kept (ghost copies of converged
+    eigenvalues appear: harmless for densities, wrong for counting).
+
+    ``start`` (``p`` or ``p x num_starts``) replaces the random starts; ``exclude``
+    (``p x r``, orthonormal) makes random starts orthogonal to its columns.
+    A run stops early (``num_valid < num_steps``) when ``beta_j`` falls below
+    ``eps^(3/4) max|T|``: an invariant subspace was found.
+    """
+    op = as_operator(op)
+    m = check_int("num_steps", num_steps, 2, op.size)
+    s = check_int("num_starts", num_starts, 1)
+    op = prepare_operator(op, check_symmetry, seed)
+    if start is None:
+        Q = random_block(op, s, seed, exclude)
+    else:
+        Q = torch.as_tensor(start).to(dtype=op.dtype, device=op.device)
+        Q = Q[:, None] if Q.ndim == 1 else Q
+        if Q.shape != (op.size, s):
+            raise ValueError(f"start: expected shape ({op.size}, {s}), got {tuple(Q.shape)}")
+    norms = torch.linalg.vector_norm(Q, dim=0)
+    if not bool(torch.all(norms > 0)):
+        raise ValueError("start: every start vector must be nonzero")
+    q = (Q / norms).contiguous()
+    q_prev = torch.zeros_like(q)
+    basis = torch.empty((s, m, op.size), dtype=op.dtype, device=op.device) if reorthogonalize else None
+
+    alpha = np.zeros((s, m))
+    beta = np.zeros((s, m))
+    num_valid = np.full(s, m, dtype=np.int64)
+    active = np.ones(s, dtype=bool)
+    beta_prev = np.zeros(s)
+    tol = torch.finfo(op.dtype).eps ** 0.75
+    anorm = 0.0
+    steps = progress(range(m), total=m, desc="lanczos", enabled=show_progress)
+    for j in steps:
+        w = op.matmat(q)
+        a = column_dots(q, w)
+        b2 = recurrence_step(w, q, q_prev, a, beta_prev)
+        if basis is not None:
+            for r in range(s):
+                basis[r, j] = q[:, r]
+                for _ in range(2):
+                    coef = basis[r, : j + 1] @ w[:, r]
+                    w[:, r] -= basis[r, : j + 1].T @ coef
+            b2 = torch.linalg.vector_norm(w, dim=0, dtype=torch.float64).cpu().numpy() ** 2
+        b = np.sqrt(b2)
+        bad = active & ~(np.isfinite(a) & np.isfinite(b))
+        if bad.any():
+            raise FloatingPointError(
+                f"the operator's product returned NaN or Inf at Lanczos step {j + 1} "
+                f"(start {int(np.flatnonzero(bad)[0])})"
+            )
+        alpha[:, j] = np.where(active, a, 0.0)
+        beta[:, j] = np.where(active, b, 0.0)
+        anorm = max(anorm, float(np.max(np.abs(alpha[:, j]) + beta[:, j])))
+        stopped = active & (b <= tol * anorm)
+        num_valid[stopped] = j + 1
+        active &= ~stopped
+        if not active.any():
+            break
+        scale = np.where(active, 1.0 / np.maximum(b, np.finfo(float).tiny), 0.0)
+        q_prev, q = q, w.mul_(torch.as_tensor(scale, dtype=op.dtype, device=op.device)[None, :])
+        beta_prev = np.where(active, b, 0.0)
+
+    ritz = np.full((s, m), np.nan)
+    weights = np.zeros((s, m))
+    resid = np.full((s, m), np.nan)
+    for r in range(s):
+        n = int(num_valid[r])
+        theta, S = scipy.linalg.eigh_tridiagonal(alpha[r, :n], beta[r, : n - 1])
+        ritz[r, :n] = theta
+        weights[r, :n] = S[0] ** 2
+        resid[r, :n] = np.abs(beta[r, n - 1] * S[n - 1])
+    return LanczosResult(alpha, beta, ritz, weights, resid, num_valid, m, bool(reorthogonalize), int(seed))
+
+
+def estimate_bounds(
+    op: object,
+    *,
+    num_steps: int = 32,
+    margin: float = 0.05,
+    seed: int = 0,
+    exclude: torch.Tensor | None = None,
+    check_symmetry: bool = True,
+) -> SpectralBounds:
+    """The Normalization step: ``[theta_1 - |beta_m S_{m,1}|, theta_m + |beta_m S_{m,m}|]``
+    from a short run without reorthogonalisation, widened by ``margin`` times its
+    width on each side (``num_steps`` is capped at ``p``)."""
+    op = as_operator(op)
+    check_real("margin", margin, 0.0)
+    steps = min(check_int("num_steps", num_steps, 2), op.size)
+    if op.size < 2:
+        raise ValueError(f"op: spectral estimates need a dimension >= 2, got {op.size}")
+    res = lanczos(op, steps, reorthogonalize=False, seed=seed, exclude=exclude, check_symmetry=check_symmetry)
+    lo = float(np.nanmin(res.ritz_values - res.residual_bounds))
+    hi = float(np.nanmax(res.ritz_values + res.residual_bounds))
+    width = hi - lo
+    if width <= 1e-12 * max(abs(lo), abs(hi)):
+        width = max(abs(lo), abs(hi), 1e-30) * 1e-3
+    return SpectralBounds(
+        lower=lo - margin * width,
+        upper=hi + margin * width,
+        ritz_min=float(np.nanmin(res.ritz_values)),
+        ritz_max=float(np.nanmax(res.ritz_values)),
+        num_steps=steps,
+        margin=float(margin),
+    )
