@@ -776,6 +776,43 @@ class CrossClassAccumulator(_CellAccumulator):
             class_means=torch.as_tensor(A, dtype=X.dtype, device=X.device) @ X,
         )
 
+    # ----------------------------------------------------------------- from cell sums
+    @classmethod
+    def from_sums(
+        cls,
+        sums: torch.Tensor,
+        cell_weights: np.ndarray | torch.Tensor,
+        squared_norms: np.ndarray | torch.Tensor,
+        counts: np.ndarray | torch.Tensor,
+        weighted: bool = True,
+    ) -> CrossClassAccumulator:
+        """An accumulator holding running sums computed elsewhere (for example by backward
+        passes, never forming the vectors): ``sums[c, c'] = sum_{i in c} s w v`` (C x C x P),
+        ``cell_weights[c, c'] = sum_{i in c} w`` (C x C), ``squared_norms[c, c'] =
+        sum_{i in c} w s^2 |v|^2`` (C x C) and ``counts[c] = n_c`` (C,), with ``w = p, s = 1``
+        (``weighted``) or ``w = 1, s = sqrt(p)`` (unweighted). ``finalize`` then needs
+        ``total=`` (or ``batches=``) for the within part, as after ``update``."""
+        S = _as_tensor(sums, "sums")
+        if S.ndim != 3 or S.shape[0] != S.shape[1] or S.shape[0] < 2 or not S.is_floating_point():
+            raise ValueError(f"sums: expected a floating (C, C, P) tensor with C >= 2, got {S.dtype} of shape {tuple(S.shape)}")
+        C = S.shape[0]
+        tables = {}
+        for name, value, shape in (("cell_weights", cell_weights, (C, C)), ("squared_norms", squared_norms, (C, C)), ("counts", counts, (C,))):
+            t = _as_tensor(value, name)
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name}: expected shape {shape} (C = {C} from sums), got {tuple(t.shape)}")
+            tables[name] = t.to(device=S.device)
+        if tables["counts"].is_floating_point() or bool((tables["counts"] < 0).any()):
+            raise ValueError("counts: expected nonnegative integer counts per class")
+        acc = cls(C, weighted, dtype=S.dtype, device=S.device)
+        acc._allocate(S.shape[2], S.dtype, S.device)
+        acc._sums.copy_(S.transpose(0, 1))
+        acc._weights.copy_(tables["cell_weights"].to(torch.float64))
+        acc._sq.copy_(tables["squared_norms"].to(torch.float64))
+        acc._counts.copy_(tables["counts"].to(torch.int64))
+        return acc
+    # ----------------------------------------------------------------- end from cell sums
+
 
 # --------------------------------------------------------------------------- in-memory entry points
 def decompose_features(

@@ -1,0 +1,249 @@
+"""The cell sums of a classifier's extended gradients from one forward and ``C``
+backward passes per class batch (Papyan 2020, Sec. 3 and 6; arXiv 1901.08244).
+
+For example ``i`` of class ``c`` with Jacobian ``J_i = df(x_i)/dtheta`` (C x P) and
+probabilities ``p_i = softmax(f(x_i))``, the extended gradient for the cross-class
+``c'`` is the gradient of its loss as if its label were ``c'``,
+
+    v_{i,c'} = J_i^T (p_i - e_{c'})                              (P,),
+
+and since ``A(p) = diag(p) - p p^T = sum_{c'} p_{c'} (p - e_{c'})(p - e_{c'})^T``,
+``G = (1/N) sum_i J_i^T A(p_i) J_i = (1/N) sum_{i,c'} p_{i,c'} v_{i,c'} v_{i,c'}^T``.
+The decomposition of ``G`` (``theory.structure``) needs per cell ``(c, c')`` only
+
+* the sum ``S[c, c'] = sum_{i in c} s_{i,c'} v_{i,c'}`` with ``s = p_{i,c'}``
+  (weighted) or ``s = sqrt(p_{i,c'})`` (unweighted, 1901.08244): by linearity it is
+  ONE backward pass through a batch of class ``c`` with the output gradient
+  ``s_{i,c'} (p_i - e_{c'})`` per example, so all ``C^2`` cells cost ``C`` backward
+  passes per example (batched over ``c'`` with ``is_grads_batched``, or a loop);
+* the weights ``P_{c,c'} = sum_{i in c} p_{i,c'}`` (weighted) or ``n_c`` (unweighted);
+* for the traces, ``Q[c, c', t] = sum_{i in c} p_{i,c'} |v^{(t)}_{i,c'}|^2`` per
+  parameter tensor ``t``, whose sum over cells is ``N tr(G)`` (the per-example squared
+  norms of ``A(p_i)^{1/2} J_i``): ``C`` per-example backward passes again
+  (``torch.func.vjp`` under ``vmap`` over chunks of examples), optional.
+
+Batches that mix classes are split by label, so each forward runs once per example
+(on a class sub-batch); data sorted by class keeps the sub-batches large. Memory:
+the ``C^2 P`` sums plus one sub-batch's graph (times ``C`` when batched over
+``c'``) and, for the squared norms, ``example_chunk x C x P`` numbers; nothing of
+size ``N x C x P`` is ever held.
+
+:func:`class_batches` is the one forward of the passes (forward hooks on
+``risk.model`` see every example once) and :func:`cross_class_backward` the ``C``
+backward passes (with ``vectorize=False`` backward hooks see one ``(b, ...)``
+gradient per ``c'``): the building blocks for per-layer features and errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.func import vjp, vmap
+
+from theory.checks import check_flag, check_int
+
+from .operators import EmpiricalRisk, select_parameters
+
+__all__ = [
+    "ClassBatch",
+    "GradientSums",
+    "class_batches",
+    "cross_class_backward",
+    "gradient_sums",
+    "output_gradients",
+    "parameter_groups",
+]
+
+_NORM_BUDGET = 1 << 25
+"""Numbers of the per-example gradients held at once for the squared norms (default chunk)."""
+
+
+@dataclass(frozen=True)
+class ClassBatch:
+    """One forward of a batch of a single class ``label``: ``inputs`` (b, ...), the
+    autograd leaves ``theta`` it was run with, ``logits`` (b, C) with their graph and
+    ``probs = softmax(logits)`` (b, C), detached."""
+
+    label: int
+    inputs: torch.Tensor
+    theta: tuple[torch.Tensor, ...] = field(repr=False)
+    logits: torch.Tensor = field(repr=False)
+    probs: torch.Tensor = field(repr=False)
+
+
+@dataclass(frozen=True)
+class GradientSums:
+    """Cell sums of the extended gradients ``v_{i,c'} = J_i^T (p_i - e_{c'})`` (module docstring).
+
+    ``sums`` (C, C, P): ``S[c, c'] = sum_{i in c} s_{i,c'} v_{i,c'}`` in the layout of
+    ``EmpiricalRisk.flatten`` over the parameter tensors ``names`` (sizes ``numels``);
+    ``cell_weights`` (C, C) float64; ``counts`` (C,) ``n_c``; ``squared_norms``
+    (C, C, len(names)) float64 ``sum_{i in c} p_{i,c'} |v^{(t)}_{i,c'}|^2`` per tensor, or
+    None when not computed. Cross-class means: ``S[c, c'] / cell_weights[c, c']``.
+    """
+
+    num_classes: int
+    weighted: bool
+    names: tuple[str, ...]
+    numels: tuple[int, ...]
+    counts: np.ndarray
+    cell_weights: np.ndarray
+    squared_norms: np.ndarray | None = field(repr=False)
+    sums: torch.Tensor = field(repr=False)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def size(self) -> int:
+        """``P``, the number of parameters the sums cover."""
+        return int(self.sums.shape[2])
+
+    def cross_means(self) -> torch.Tensor:
+        """``g_{c,c'} = S[c, c'] / P_{c,c'}`` (C, C, P); a zero-weight cell gives zeros."""
+        W = torch.as_tensor(self.cell_weights, dtype=self.sums.dtype, device=self.sums.device)
+        return self.sums / torch.where(W > 0, W, torch.ones_like(W))[:, :, None]
+
+    def restrict(self, names: Sequence[str]) -> GradientSums:
+        """The sums of a subset of the parameter tensors (a layer), in this object's order:
+        the block of ``v`` belonging to those tensors (so ``G`` restricted to its diagonal block)."""
+        wanted = list(names)
+        unknown = [n for n in wanted if n not in self.names]
+        if unknown or not wanted:
+            raise ValueError(f"names: expected a non-empty subset of the summed parameters {list(self.names)}, got unknown {unknown or wanted}")
+        keep = [t for t, n in enumerate(self.names) if n in wanted]
+        starts = np.concatenate([[0], np.cumsum(self.numels)])
+        index = torch.cat([torch.arange(int(starts[t]), int(starts[t + 1])) for t in keep]).to(self.sums.device)
+        return GradientSums(
+            num_classes=self.num_classes,
+            weighted=self.weighted,
+            names=tuple(self.names[t] for t in keep),
+            numels=tuple(self.numels[t] for t in keep),
+            counts=self.counts,
+            cell_weights=self.cell_weights,
+            squared_norms=None if self.squared_norms is None else self.squared_norms[:, :, keep],
+            sums=self.sums.index_select(2, index),
+        )
+
+
+def class_batches(risk: EmpiricalRisk) -> Iterator[ClassBatch]:
+    """The examples of ``risk`` as single-class batches, each with one forward recorded
+    for backward passes (a batch mixing classes is split by label, in class order)."""
+    for x, y in risk.batches():
+        for c in torch.unique(y).tolist():
+            xc = x[y == c]
+            theta = risk.leaves()
+            with torch.enable_grad():
+                logits = risk.forward(theta, xc)
+            yield ClassBatch(int(c), xc, theta, logits, torch.softmax(logits.detach(), dim=-1))
+
+
+def output_gradients(probs: torch.Tensor, weighted: bool) -> torch.Tensor:
+    """``U[c', i] = s_{i,c'} (p_i - e_{c'})`` (C, b, C) with ``s = p_{i,c'}`` (weighted) or
+    ``sqrt(p_{i,c'})`` (unweighted): the output gradients whose backward passes give the cells."""
+    C = probs.shape[1]
+    residual = probs[None, :, :] - torch.eye(C, dtype=probs.dtype, device=probs.device)[:, None, :]
+    scale = probs.T if weighted else probs.T.sqrt()
+    return scale[:, :, None] * residual
+
+
+def cross_class_backward(
+    risk: EmpiricalRisk, batch: ClassBatch, cotangents: torch.Tensor, *, vectorize: bool = True
+) -> torch.Tensor:
+    """Rows ``sum_i J_i^T cotangents[k, i]`` (k, P) of one class batch: one backward pass
+    per row through its recorded forward (freed after the last), all at once with
+    ``is_grads_batched`` (``vectorize``) or one row at a time."""
+    k = cotangents.shape[0]
+    if vectorize:
+        parts = torch.autograd.grad(
+            batch.logits, batch.theta, cotangents, is_grads_batched=True, allow_unused=True
+        )
+        return risk.flatten(parts, lead=(k,))
+    rows = []
+    for j in range(k):
+        parts = torch.autograd.grad(batch.logits, batch.theta, cotangents[j], retain_graph=j < k - 1, allow_unused=True)
+        rows.append(risk.flatten(parts))
+    return torch.stack(rows)
+
+
+def _example_squared_norms(risk: EmpiricalRisk, x: torch.Tensor, probs: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``sum_i p_{i,c'} |v^{(t)}_{i,c'}|^2`` (C, T) over the examples ``x`` (b, ...) of one
+    class: per-example gradients for output gradients ``sqrt(p_{i,c'}) (p_i - e_{c'})`` by
+    ``vjp`` under ``vmap`` (over ``c'`` and over chunks of ``chunk`` examples)."""
+    params = risk.parameters()
+    U = output_gradients(probs, weighted=False).transpose(0, 1)  # (b, C, C): example, c', output
+
+    def example(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:
+        _, pullback = vjp(lambda t: risk.forward(t, xi[None]), params)
+        grads = vmap(lambda u: pullback(u[None])[0])(ui)  # each (C, *shape)
+        return torch.stack([g.reshape(g.shape[0], -1).square().sum(1) for g in grads], dim=-1)  # (C, T)
+
+    total = torch.zeros(probs.shape[1], len(params), dtype=torch.float64, device=probs.device)
+    for start in range(0, x.shape[0], chunk):
+        total += vmap(example)(x[start : start + chunk], U[start : start + chunk]).sum(0).to(torch.float64)
+    return total
+
+
+def gradient_sums(
+    risk: EmpiricalRisk,
+    *,
+    weighted: bool = True,
+    vectorize: bool = True,
+    squared_norms: bool = True,
+    example_chunk: int | None = None,
+) -> GradientSums:
+    """The cell sums of the extended gradients of ``risk`` (its selected parameters) over
+    its data: one forward and ``C`` backward passes per class batch, plus (with
+    ``squared_norms``) ``C`` per-example backward passes for the traces.
+
+    ``weighted``: output gradients ``p (p - e_{c'})`` and cell weights ``P_{c,c'}``, or
+    ``sqrt(p) (p - e_{c'})`` and counts ``n_c``. ``vectorize``: the ``C`` backward passes
+    batched over ``c'`` (``is_grads_batched``) or looped. ``example_chunk``: examples per
+    vectorised per-example step (default: about ``2^25 / (C P)``).
+    """
+    if not isinstance(risk, EmpiricalRisk):
+        raise TypeError(f"risk: expected an EmpiricalRisk, got {type(risk).__name__}")
+    weighted = check_flag("weighted", weighted)
+    vectorize = check_flag("vectorize", vectorize)
+    squared_norms = check_flag("squared_norms", squared_norms)
+    C, P = risk.num_classes, risk.size
+    chunk = max(1, _NORM_BUDGET // (C * P)) if example_chunk is None else check_int("example_chunk", example_chunk, 1)
+    sums = torch.zeros(C, C, P, dtype=risk.dtype, device=risk.device)
+    weights = torch.zeros(C, C, dtype=torch.float64, device=risk.device)
+    norms = torch.zeros(C, C, len(risk.names), dtype=torch.float64, device=risk.device) if squared_norms else None
+    counts = torch.zeros(C, dtype=torch.int64)
+    for batch in class_batches(risk):
+        c, p = batch.label, batch.probs
+        sums[c] += cross_class_backward(risk, batch, output_gradients(p, weighted), vectorize=vectorize)
+        weights[c] += p.sum(0).to(torch.float64) if weighted else p.shape[0]
+        counts[c] += p.shape[0]
+        if norms is not None:
+            norms[c] += _example_squared_norms(risk, batch.inputs, p, chunk)
+    return GradientSums(
+        num_classes=C,
+        weighted=weighted,
+        names=tuple(risk.names),
+        numels=tuple(risk.numels),
+        counts=counts.numpy(),
+        cell_weights=weights.cpu().numpy(),
+        squared_norms=None if norms is None else norms.cpu().numpy(),
+        sums=sums,
+    )
+
+
+def parameter_groups(model: torch.nn.Module, params: Sequence[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """The layers of ``model``: every module owning parameters directly, named as in
+    ``named_modules()``, with the names of its parameters (among ``params``, default all
+    that require a gradient), in ``named_parameters()`` order."""
+    chosen = set(select_parameters(model, params))
+    groups: dict[str, tuple[str, ...]] = {}
+    for name, module in model.named_modules():
+        own = tuple(f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False))
+        own = tuple(n for n in own if n in chosen)
+        if own:
+            groups[name] = own
+    return groups
