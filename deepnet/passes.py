@@ -19,8 +19,16 @@ The decomposition of ``G`` (``theory.structure``) needs per cell ``(c, c')`` onl
 * the weights ``P_{c,c'} = sum_{i in c} p_{i,c'}`` (weighted) or ``n_c`` (unweighted);
 * for the traces, ``Q[c, c', t] = sum_{i in c} p_{i,c'} |v^{(t)}_{i,c'}|^2`` per
   parameter tensor ``t``, whose sum over cells is ``N tr(G)`` (the per-example squared
-  norms of ``A(p_i)^{1/2} J_i``): ``C`` per-example backward passes again
-  (``torch.func.vjp`` under ``vmap`` over chunks of examples), optional.
+  norms of ``A(p_i)^{1/2} J_i``), from ``C`` more backward passes with output gradients
+  ``sqrt(p_{i,c'}) (p_i - e_{c'})``. ``"layers"``: those passes stop at the outputs
+  of the Linear / Conv2d / BatchNorm layers, whose per-example parameter gradients have
+  closed-form norms from the layer's input ``a`` and output gradient ``g`` (Goodfellow
+  2015): ``|g a^T|^2 = |g|^2 |a|^2`` for a Linear layer, the Gram form
+  ``sum_{t,s} (a_t . a_s)(g_t . g_s)`` over positions (unfolded patches) for Linear on
+  sequences and Conv2d, ``|sum_t g_t xhat_t|^2`` and ``|sum_t g_t|^2`` for batch norm;
+  nothing of size ``b x P`` is formed. ``"per-example"``: per-example gradients by
+  ``torch.func.vjp`` under ``vmap`` over chunks of examples, for any module but
+  memory-bound (hundreds of gradient passes on an MLP, ``bench/gradient_means.py``).
 
 Batches that mix classes are split by label, so each forward runs once per example
 (on a class sub-batch); data sorted by class keeps the sub-batches large. Memory:
@@ -37,17 +45,21 @@ gradient per ``c'``): the building blocks for per-layer features and errors.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext as _nothing
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.func import vjp, vmap
 
-from theory.checks import check_flag, check_int
+from theory.checks import check_choice, check_flag, check_int
 
 from .operators import EmpiricalRisk, select_parameters
 
 __all__ = [
+    "NORM_METHODS",
     "ClassBatch",
     "GradientSums",
     "class_batches",
@@ -58,7 +70,10 @@ __all__ = [
 ]
 
 _NORM_BUDGET = 1 << 25
-"""Numbers of the per-example gradients held at once for the squared norms (default chunk)."""
+"""Numbers of the per-example gradients held at once for the ``"per-example"`` squared norms (default chunk)."""
+
+NORM_METHODS = ("auto", "layers", "per-example", "none")
+_BATCH_NORM = nn.modules.batchnorm._BatchNorm
 
 
 @dataclass(frozen=True)
@@ -151,26 +166,137 @@ def output_gradients(probs: torch.Tensor, weighted: bool) -> torch.Tensor:
     return scale[:, :, None] * residual
 
 
-def cross_class_backward(
-    risk: EmpiricalRisk, batch: ClassBatch, cotangents: torch.Tensor, *, vectorize: bool = True
-) -> torch.Tensor:
-    """Rows ``sum_i J_i^T cotangents[k, i]`` (k, P) of one class batch: one backward pass
-    per row through its recorded forward (freed after the last), all at once with
-    ``is_grads_batched`` (``vectorize``) or one row at a time."""
+def _backward(
+    outputs: torch.Tensor, inputs: Sequence[torch.Tensor], cotangents: torch.Tensor, vectorize: bool, retain: bool
+) -> list[torch.Tensor | None]:
+    """``d <outputs, cotangents[k]> / d inputs`` for every row ``k``, stacked (k, *input.shape):
+    one ``is_grads_batched`` call or a loop (the graph kept after the last iff ``retain``)."""
     k = cotangents.shape[0]
     if vectorize:
-        parts = torch.autograd.grad(
-            batch.logits, batch.theta, cotangents, is_grads_batched=True, allow_unused=True
-        )
-        return risk.flatten(parts, lead=(k,))
-    rows = []
-    for j in range(k):
-        parts = torch.autograd.grad(batch.logits, batch.theta, cotangents[j], retain_graph=j < k - 1, allow_unused=True)
-        rows.append(risk.flatten(parts))
-    return torch.stack(rows)
+        return list(torch.autograd.grad(outputs, inputs, cotangents, retain_graph=retain, is_grads_batched=True, allow_unused=True))
+    rows = [
+        torch.autograd.grad(outputs, inputs, cotangents[j], retain_graph=retain or j < k - 1, allow_unused=True)
+        for j in range(k)
+    ]
+    return [None if col[0] is None else torch.stack(col) for col in zip(*rows)]
 
 
-def _example_squared_norms(risk: EmpiricalRisk, x: torch.Tensor, probs: torch.Tensor, chunk: int) -> torch.Tensor:
+def cross_class_backward(
+    risk: EmpiricalRisk, batch: ClassBatch, cotangents: torch.Tensor, *, vectorize: bool = True, retain_graph: bool = False
+) -> torch.Tensor:
+    """Rows ``sum_i J_i^T cotangents[k, i]`` (k, P) of one class batch: one backward pass
+    per row through its recorded forward (freed after the last unless ``retain_graph``),
+    all at once with ``is_grads_batched`` (``vectorize``) or one row at a time."""
+    parts = _backward(batch.logits, batch.theta, cotangents, vectorize, retain_graph)
+    return risk.flatten(parts, lead=(cotangents.shape[0],))
+
+
+# --------------------------------------------------------------------------- squared norms
+def _layer_kind(module: nn.Module) -> str | None:
+    """How the per-example gradient norms of ``module``'s own parameters are taken in closed form."""
+    if type(module) is nn.Linear:
+        return "linear"
+    if type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        return "conv2d"
+    if isinstance(module, _BATCH_NORM) and module.affine and module.track_running_stats:
+        return "batchnorm"
+    return None
+
+
+class _LayerCapture:
+    """Forward hooks on the layers owning the selected parameters: per forward, each
+    layer's input (``xhat`` for batch norm) and output, so that backward passes can stop
+    at the outputs. Raises when a layer runs twice in one forward (shared weights)."""
+
+    def __init__(self, risk: EmpiricalRisk):
+        self.risk = risk
+        self.layers: dict[str, tuple[nn.Module, str, list[tuple[int, str]]]] = {}
+        unsupported = []
+        for t, name in enumerate(risk.names):
+            prefix, _, attr = name.rpartition(".")
+            module = risk.model.get_submodule(prefix)
+            kind = _layer_kind(module)
+            if kind is None or attr not in ("weight", "bias"):
+                unsupported.append(f"{name} ({type(module).__name__})")
+                continue
+            self.layers.setdefault(prefix, (module, kind, []))[2].append((t, attr))
+        self.unsupported = unsupported
+        self.seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> _LayerCapture:
+        for prefix, (module, kind, _) in self.layers.items():
+            self._handles.append(module.register_forward_hook(lambda m, a, out, prefix=prefix, kind=kind: self._record(prefix, kind, m, a[0], out)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _record(self, prefix: str, kind: str, module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> None:
+        if prefix in self.seen:
+            raise ValueError(
+                f"squared_norms: layer {prefix!r} runs more than once per forward (shared weights), so its "
+                "per-example gradient is a sum over calls; use squared_norms='per-example'"
+            )
+        a = a.detach()
+        if kind == "batchnorm":
+            shape = (1, -1) + (1,) * (a.ndim - 2)
+            a = (a - module.running_mean.view(shape)) / torch.sqrt(module.running_var.view(shape) + module.eps)
+        self.seen[prefix] = (a, out)
+
+    def squared_norms(self, batch: ClassBatch, cotangents: torch.Tensor, vectorize: bool) -> torch.Tensor:
+        """``sum_i |d <f(x_i), cotangents[k, i]> / d theta_t|^2`` (k, T) over the batch, from
+        backward passes that stop at the recorded layer outputs (graph kept)."""
+        k = cotangents.shape[0]
+        prefixes = list(self.seen)
+        grads = _backward(batch.logits, [self.seen[p][1] for p in prefixes], cotangents, vectorize, retain=True)
+        out = torch.zeros(k, len(self.risk.names), dtype=torch.float64, device=cotangents.device)
+        for prefix, g in zip(prefixes, grads):
+            if g is None:
+                continue
+            module, kind, tensors = self.layers[prefix]
+            a = self.seen[prefix][0]
+            for t, attr in tensors:
+                out[:, t] = _example_norms(module, kind, attr, a, g).sum(1).to(torch.float64)
+        self.seen.clear()
+        return out
+
+
+def _gram_norms(A: torch.Tensor, Gr: torch.Tensor) -> torch.Tensor:
+    """``|Gr_{k,i}^T A_i|_F^2`` (k, b) for ``A`` (b, T, m) and ``Gr`` (k, b, T, n): the cheaper of
+    the Gram form ``sum_{t,s} (A A^T)_{ts} (Gr Gr^T)_{ts}`` and forming the (n x m) products."""
+    T, m, n = A.shape[1], A.shape[2], Gr.shape[3]
+    if T == 1:
+        return Gr[:, :, 0].square().sum(-1) * A[:, 0].square().sum(-1)
+    if T * T <= m * n:
+        return (torch.einsum("bti,bsi->bts", A, A)[None] * torch.einsum("kbto,kbso->kbts", Gr, Gr)).sum((2, 3))
+    return torch.einsum("kbto,bti->kboi", Gr, A).square().sum((2, 3))
+
+
+def _example_norms(module: nn.Module, kind: str, attr: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-example squared norms (k, b) of the gradient of ``module.<attr>`` from its input
+    ``a`` (b, ...; ``xhat`` for batch norm) and output gradients ``g`` (k, b, ...)."""
+    k, b = g.shape[:2]
+    if kind == "linear":
+        Gr = g.reshape(k, b, -1, g.shape[-1])  # positions t of a (b, *, in) input
+        if attr == "bias":
+            return Gr.sum(2).square().sum(-1)
+        return _gram_norms(a.reshape(b, -1, a.shape[-1]), Gr)
+    if kind == "conv2d":
+        Gr = g.flatten(3).transpose(2, 3)  # (k, b, T, out)
+        if attr == "bias":
+            return Gr.sum(2).square().sum(-1)
+        patches = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)  # (b, in*kk, T)
+        return _gram_norms(patches.transpose(1, 2), Gr)
+    gc = g.reshape(k, b, g.shape[2], -1)  # batch norm: (k, b, channels, positions)
+    if attr == "bias":
+        return gc.sum(-1).square().sum(-1)
+    return (gc * a.reshape(1, b, a.shape[1], -1)).sum(-1).square().sum(-1)
+
+
+def _per_example_squared_norms(risk: EmpiricalRisk, x: torch.Tensor, probs: torch.Tensor, chunk: int) -> torch.Tensor:
     """``sum_i p_{i,c'} |v^{(t)}_{i,c'}|^2`` (C, T) over the examples ``x`` (b, ...) of one
     class: per-example gradients for output gradients ``sqrt(p_{i,c'}) (p_i - e_{c'})`` by
     ``vjp`` under ``vmap`` (over ``c'`` and over chunks of ``chunk`` examples)."""
@@ -193,36 +319,50 @@ def gradient_sums(
     *,
     weighted: bool = True,
     vectorize: bool = True,
-    squared_norms: bool = True,
+    squared_norms: str = "auto",
     example_chunk: int | None = None,
 ) -> GradientSums:
     """The cell sums of the extended gradients of ``risk`` (its selected parameters) over
-    its data: one forward and ``C`` backward passes per class batch, plus (with
-    ``squared_norms``) ``C`` per-example backward passes for the traces.
+    its data: one forward and ``C`` backward passes per class batch, plus ``C`` for the
+    squared norms (the traces).
 
     ``weighted``: output gradients ``p (p - e_{c'})`` and cell weights ``P_{c,c'}``, or
     ``sqrt(p) (p - e_{c'})`` and counts ``n_c``. ``vectorize``: the ``C`` backward passes
-    batched over ``c'`` (``is_grads_batched``) or looped. ``example_chunk``: examples per
-    vectorised per-example step (default: about ``2^25 / (C P)``).
+    batched over ``c'`` (``is_grads_batched``) or looped. ``squared_norms`` (module
+    docstring): ``"layers"`` (every selected parameter in a Linear, Conv2d or batch-norm
+    layer, each run once per forward), ``"per-example"``, ``"auto"`` (layers when
+    possible) or ``"none"``. ``example_chunk``: examples per vectorised per-example
+    step (default: about ``2^25 / (C P)``).
     """
     if not isinstance(risk, EmpiricalRisk):
         raise TypeError(f"risk: expected an EmpiricalRisk, got {type(risk).__name__}")
     weighted = check_flag("weighted", weighted)
     vectorize = check_flag("vectorize", vectorize)
-    squared_norms = check_flag("squared_norms", squared_norms)
+    method = check_choice("squared_norms", squared_norms, NORM_METHODS)
     C, P = risk.num_classes, risk.size
     chunk = max(1, _NORM_BUDGET // (C * P)) if example_chunk is None else check_int("example_chunk", example_chunk, 1)
+    capture = _LayerCapture(risk) if method in ("auto", "layers") else None
+    if capture is not None and capture.unsupported:
+        if method == "layers":
+            raise ValueError(
+                f"squared_norms: 'layers' needs every parameter in a Linear, Conv2d (groups=1) or affine "
+                f"batch-norm layer; not so for {capture.unsupported}; use 'per-example'"
+            )
+        capture, method = None, "per-example"
     sums = torch.zeros(C, C, P, dtype=risk.dtype, device=risk.device)
     weights = torch.zeros(C, C, dtype=torch.float64, device=risk.device)
-    norms = torch.zeros(C, C, len(risk.names), dtype=torch.float64, device=risk.device) if squared_norms else None
+    norms = None if method == "none" else torch.zeros(C, C, len(risk.names), dtype=torch.float64, device=risk.device)
     counts = torch.zeros(C, dtype=torch.int64)
-    for batch in class_batches(risk):
-        c, p = batch.label, batch.probs
-        sums[c] += cross_class_backward(risk, batch, output_gradients(p, weighted), vectorize=vectorize)
-        weights[c] += p.sum(0).to(torch.float64) if weighted else p.shape[0]
-        counts[c] += p.shape[0]
-        if norms is not None:
-            norms[c] += _example_squared_norms(risk, batch.inputs, p, chunk)
+    with capture if capture is not None else _nothing():
+        for batch in class_batches(risk):
+            c, p = batch.label, batch.probs
+            if capture is not None:
+                norms[c] += capture.squared_norms(batch, output_gradients(p, weighted=False), vectorize)
+            elif norms is not None:
+                norms[c] += _per_example_squared_norms(risk, batch.inputs, p, chunk)
+            sums[c] += cross_class_backward(risk, batch, output_gradients(p, weighted), vectorize=vectorize)
+            weights[c] += p.sum(0).to(torch.float64) if weighted else p.shape[0]
+            counts[c] += p.shape[0]
     return GradientSums(
         num_classes=C,
         weighted=weighted,

@@ -111,7 +111,7 @@ def decompose_gradients(
     if sums.num_classes != risk.num_classes:
         raise ValueError(f"sums: computed for {sums.num_classes} classes, the risk has {risk.num_classes}")
     if sums.squared_norms is None:
-        raise ValueError("sums: computed with squared_norms=False; the traces (tr G, within) need them")
+        raise ValueError("sums: computed with squared_norms='none'; the traces (tr G, within) need them")
     if sums.names != tuple(risk.names):
         sums = sums.restrict(risk.names)
     if sums.names != tuple(risk.names) or sums.sums.dtype != risk.dtype:

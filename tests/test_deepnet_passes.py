@@ -149,11 +149,78 @@ def test_vectorised_and_looped_passes_agree():
     model, X, Y = _setup("mlp")
     risk = EmpiricalRisk(model, (X, Y), batch_size=13)
     a = gradient_sums(risk, weighted=True, vectorize=True)
-    b = gradient_sums(risk, weighted=True, vectorize=False, squared_norms=False, example_chunk=1)
+    b = gradient_sums(risk, weighted=True, vectorize=False, squared_norms="none", example_chunk=1)
     assert (a.sums - b.sums).abs().max().item() < 1e-13
     np.testing.assert_allclose(a.cell_weights, b.cell_weights, rtol=1e-14)
     assert b.squared_norms is None
     np.testing.assert_array_equal(a.counts, np.bincount(Y.numpy(), minlength=C))
+
+
+class SequenceModel(nn.Module):
+    """Strided padded conv + BN2d, then a Linear on each of the T = 4 positions (a
+    sequence input) and a Linear to the logits; ``scale`` optional (no closed form)."""
+
+    def __init__(self, with_scale: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, stride=2)
+        self.bn = nn.BatchNorm2d(4)
+        self.token = nn.Linear(4, 5)
+        self.fc = nn.Linear(20, C)
+        self.scale = nn.Parameter(torch.tensor([1.5, 0.5, 1.0])) if with_scale else None
+
+    def forward(self, x):
+        h = torch.tanh(self.bn(self.conv(x))).flatten(2).transpose(1, 2)  # (b, T=4, 4)
+        out = self.fc(torch.tanh(self.token(h)).flatten(1))
+        return out if self.scale is None else out * self.scale
+
+
+class SharedModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(4, 4)
+        self.fc = nn.Linear(4, C)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.hidden(torch.tanh(self.hidden(x)))))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "sequence", "sequence-scale"])
+def test_squared_norms_layers_and_per_example_agree_with_brute_force(kind):
+    if kind.startswith("sequence"):
+        gen = torch.Generator().manual_seed(5)
+        torch.manual_seed(2)
+        model = SequenceModel(with_scale=kind.endswith("scale")).double().eval()
+        _randomise_batch_norm(model, gen)
+        X = torch.randn(9, 3, 4, 4, generator=gen, dtype=torch.float64)
+        Y = torch.arange(9) % C
+    else:
+        model, X, Y = _setup(kind)
+    risk = EmpiricalRisk(model, (X, Y), batch_size=4)
+    v, p = _brute_force(risk, X, Y)
+    starts = np.concatenate([[0], np.cumsum(risk.numels)])
+    ref = np.zeros((C, C, len(risk.names)))
+    for t in range(len(risk.names)):
+        q = (p * v[:, :, starts[t] : starts[t + 1]].square().sum(-1)).numpy()  # (N, C)
+        for c in range(C):
+            ref[c, :, t] = q[Y.numpy() == c].sum(0)
+    methods = ["per-example"] if kind.endswith("scale") else ["layers", "per-example"]
+    for method in methods:
+        for vectorize in (True, False):
+            sums = gradient_sums(risk, squared_norms=method, vectorize=vectorize, example_chunk=3)
+            np.testing.assert_allclose(sums.squared_norms, ref, rtol=1e-10, atol=1e-13, err_msg=method)
+    auto = gradient_sums(risk)  # "auto" falls back to per-example for the scale parameter
+    np.testing.assert_allclose(auto.squared_norms, ref, rtol=1e-10, atol=1e-13)
+    if kind.endswith("scale"):
+        with pytest.raises(ValueError, match="scale"):
+            gradient_sums(risk, squared_norms="layers")
+
+
+def test_shared_layer_is_refused_for_layer_norms():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    risk = EmpiricalRisk(SharedModel().double().eval(), (X, torch.arange(6) % C))
+    with pytest.raises(ValueError, match="more than once"):
+        gradient_sums(risk, squared_norms="layers")
 
 
 def test_output_gradients():
@@ -247,7 +314,7 @@ def test_bad_input():
         gradient_sums(risk, example_chunk=0)
     with pytest.raises(ValueError, match="weighted"):
         gradient_sums(risk, weighted=1)
-    sums = gradient_sums(risk, squared_norms=False)
+    sums = gradient_sums(risk, squared_norms="none")
     with pytest.raises(ValueError, match="squared_norms"):
         decompose_gradients(risk, sums)
     with pytest.raises(ValueError, match="names"):
