@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext as _nothing
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 import torch
@@ -224,7 +225,7 @@ class _LayerCapture:
         self.seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list = []
 
-    def __enter__(self) -> _LayerCapture:
+    def __enter__(self) -> Self:
         for prefix, (module, kind, _) in self.layers.items():
             self._handles.append(module.register_forward_hook(lambda m, a, out, prefix=prefix, kind=kind: self._record(prefix, kind, m, a[0], out)))
         return self
