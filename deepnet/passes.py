@@ -37,9 +37,10 @@ the ``C^2 P`` sums plus one sub-batch's graph (times ``C`` when batched over
 size ``N x C x P`` is ever held.
 
 :func:`class_batches` is the one forward of the passes (forward hooks on
-``risk.model`` see every example once) and :func:`cross_class_backward` the ``C``
-backward passes (with ``vectorize=False`` backward hooks see one ``(b, ...)``
-gradient per ``c'``): the building blocks for per-layer features and errors.
+``risk.model`` see every example once), :func:`cross_class_backward` the ``C``
+backward passes to the parameters and :class:`LayerTaps` the per-layer inputs
+(features) and the ``C`` backward passes that stop at the layer outputs (errors):
+the building blocks of every per-layer measurement.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ __all__ = [
     "NORM_METHODS",
     "ClassBatch",
     "GradientSums",
+    "LayerTaps",
+    "SharedLayerError",
     "class_batches",
     "cross_class_backward",
     "gradient_sums",
@@ -204,65 +207,92 @@ def _layer_kind(module: nn.Module) -> str | None:
     return None
 
 
-class _LayerCapture:
-    """Forward hooks on the layers owning the selected parameters: per forward, each
-    layer's input (``xhat`` for batch norm) and output, so that backward passes can stop
-    at the outputs. Raises when a layer runs twice in one forward (shared weights)."""
+class SharedLayerError(ValueError):
+    """A tapped module ran more than once in one forward."""
 
-    def __init__(self, risk: EmpiricalRisk):
-        self.risk = risk
-        self.layers: dict[str, tuple[nn.Module, str, list[tuple[int, str]]]] = {}
-        unsupported = []
-        for t, name in enumerate(risk.names):
-            prefix, _, attr = name.rpartition(".")
-            module = risk.model.get_submodule(prefix)
-            kind = _layer_kind(module)
-            if kind is None or attr not in ("weight", "bias"):
-                unsupported.append(f"{name} ({type(module).__name__})")
-                continue
-            self.layers.setdefault(prefix, (module, kind, []))[2].append((t, attr))
-        self.unsupported = unsupported
-        self.seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+class LayerTaps:
+    """Forward hooks on chosen modules (name -> module): during each forward inside the
+    ``with`` block, every module's input ``inputs[name]`` (detached; the features
+    ``h^{l-1}``) and output ``outputs[name]`` (with its graph; for Linear / Conv layers the
+    pre-activations). :meth:`errors` then back-propagates output gradients only down to
+    those outputs: the errors ``delta^l`` of every tapped layer, for all rows of the
+    cotangents at once. A module that runs twice in one forward (shared weights) is an
+    error. Reused by every pass that needs per-layer quantities; :meth:`clear` between
+    forwards."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = dict(modules)
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
 
     def __enter__(self) -> Self:
-        for prefix, (module, kind, _) in self.layers.items():
-            self._handles.append(module.register_forward_hook(lambda m, a, out, prefix=prefix, kind=kind: self._record(prefix, kind, m, a[0], out)))
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(lambda m, a, out, name=name: self._record(name, a[0], out)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.clear()
 
-    def _record(self, prefix: str, kind: str, module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> None:
-        if prefix in self.seen:
-            raise ValueError(
-                f"squared_norms: layer {prefix!r} runs more than once per forward (shared weights), so its "
-                "per-example gradient is a sum over calls; use squared_norms='per-example'"
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.outputs.clear()
+
+    def _record(self, name: str, a: torch.Tensor, out: torch.Tensor) -> None:
+        if name in self.outputs:
+            raise SharedLayerError(
+                f"layers: {name!r} runs more than once per forward (shared weights), so its per-example "
+                "quantities are sums over calls"
             )
-        a = a.detach()
-        if kind == "batchnorm":
+        self.inputs[name], self.outputs[name] = a.detach(), out
+
+    def errors(self, batch: ClassBatch, cotangents: torch.Tensor, *, vectorize: bool = True) -> dict[str, torch.Tensor | None]:
+        """``d <f(x_i), cotangents[k, i]> / d out^l_i`` (k, b, *out.shape[1:]) for every tapped
+        layer of ``batch``'s forward (None where the output does not reach the logits); the
+        graph is kept for later passes."""
+        names = list(self.outputs)
+        grads = _backward(batch.logits, [self.outputs[n] for n in names], cotangents, vectorize, retain=True)
+        return dict(zip(names, grads))
+
+
+def _norm_layers(risk: EmpiricalRisk) -> tuple[dict[str, tuple[nn.Module, str, list[tuple[int, str]]]], list[str]]:
+    """The layers owning the selected parameters: name -> (module, kind, [(tensor index, attr)]),
+    and the parameters whose layer has no closed-form per-example norms."""
+    layers: dict[str, tuple[nn.Module, str, list[tuple[int, str]]]] = {}
+    unsupported = []
+    for t, name in enumerate(risk.names):
+        prefix, _, attr = name.rpartition(".")
+        module = risk.model.get_submodule(prefix)
+        kind = _layer_kind(module)
+        if kind is None or attr not in ("weight", "bias"):
+            unsupported.append(f"{name} ({type(module).__name__})")
+            continue
+        layers.setdefault(prefix, (module, kind, []))[2].append((t, attr))
+    return layers, unsupported
+
+
+def _layer_squared_norms(
+    risk: EmpiricalRisk, taps: LayerTaps, layers: dict, batch: ClassBatch, cotangents: torch.Tensor, vectorize: bool
+) -> torch.Tensor:
+    """``sum_i |d <f(x_i), cotangents[k, i]> / d theta_t|^2`` (k, T) over ``batch``, in closed
+    form from the tapped inputs and the errors at the layer outputs."""
+    out = torch.zeros(cotangents.shape[0], len(risk.names), dtype=torch.float64, device=cotangents.device)
+    for name, g in taps.errors(batch, cotangents, vectorize=vectorize).items():
+        if g is None:
+            continue
+        module, kind, tensors = layers[name]
+        a = taps.inputs[name]
+        if kind == "batchnorm":  # eval mode: xhat from the running statistics
             shape = (1, -1) + (1,) * (a.ndim - 2)
             a = (a - module.running_mean.view(shape)) / torch.sqrt(module.running_var.view(shape) + module.eps)
-        self.seen[prefix] = (a, out)
-
-    def squared_norms(self, batch: ClassBatch, cotangents: torch.Tensor, vectorize: bool) -> torch.Tensor:
-        """``sum_i |d <f(x_i), cotangents[k, i]> / d theta_t|^2`` (k, T) over the batch, from
-        backward passes that stop at the recorded layer outputs (graph kept)."""
-        k = cotangents.shape[0]
-        prefixes = list(self.seen)
-        grads = _backward(batch.logits, [self.seen[p][1] for p in prefixes], cotangents, vectorize, retain=True)
-        out = torch.zeros(k, len(self.risk.names), dtype=torch.float64, device=cotangents.device)
-        for prefix, g in zip(prefixes, grads):
-            if g is None:
-                continue
-            module, kind, tensors = self.layers[prefix]
-            a = self.seen[prefix][0]
-            for t, attr in tensors:
-                out[:, t] = _example_norms(module, kind, attr, a, g).sum(1).to(torch.float64)
-        self.seen.clear()
-        return out
+        for t, attr in tensors:
+            out[:, t] = _example_norms(module, kind, attr, a, g).sum(1).to(torch.float64)
+    taps.clear()
+    return out
 
 
 def _gram_norms(A: torch.Tensor, Gr: torch.Tensor) -> torch.Tensor:
@@ -342,28 +372,32 @@ def gradient_sums(
     method = check_choice("squared_norms", squared_norms, NORM_METHODS)
     C, P = risk.num_classes, risk.size
     chunk = max(1, _NORM_BUDGET // (C * P)) if example_chunk is None else check_int("example_chunk", example_chunk, 1)
-    capture = _LayerCapture(risk) if method in ("auto", "layers") else None
-    if capture is not None and capture.unsupported:
+    layers, unsupported = _norm_layers(risk) if method in ("auto", "layers") else ({}, [])
+    if unsupported:
         if method == "layers":
             raise ValueError(
                 f"squared_norms: 'layers' needs every parameter in a Linear, Conv2d (groups=1) or affine "
-                f"batch-norm layer; not so for {capture.unsupported}; use 'per-example'"
+                f"batch-norm layer; not so for {unsupported}; use 'per-example'"
             )
-        capture, method = None, "per-example"
+        method = "per-example"
+    taps = LayerTaps({name: module for name, (module, _, _) in layers.items()}) if method in ("auto", "layers") else None
     sums = torch.zeros(C, C, P, dtype=risk.dtype, device=risk.device)
     weights = torch.zeros(C, C, dtype=torch.float64, device=risk.device)
     norms = None if method == "none" else torch.zeros(C, C, len(risk.names), dtype=torch.float64, device=risk.device)
     counts = torch.zeros(C, dtype=torch.int64)
-    with capture if capture is not None else _nothing():
-        for batch in class_batches(risk):
-            c, p = batch.label, batch.probs
-            if capture is not None:
-                norms[c] += capture.squared_norms(batch, output_gradients(p, weighted=False), vectorize)
-            elif norms is not None:
-                norms[c] += _per_example_squared_norms(risk, batch.inputs, p, chunk)
-            sums[c] += cross_class_backward(risk, batch, output_gradients(p, weighted), vectorize=vectorize)
-            weights[c] += p.sum(0).to(torch.float64) if weighted else p.shape[0]
-            counts[c] += p.shape[0]
+    try:
+        with taps if taps is not None else _nothing():
+            for batch in class_batches(risk):
+                c, p = batch.label, batch.probs
+                if taps is not None:
+                    norms[c] += _layer_squared_norms(risk, taps, layers, batch, output_gradients(p, weighted=False), vectorize)
+                elif norms is not None:
+                    norms[c] += _per_example_squared_norms(risk, batch.inputs, p, chunk)
+                sums[c] += cross_class_backward(risk, batch, output_gradients(p, weighted), vectorize=vectorize)
+                weights[c] += p.sum(0).to(torch.float64) if weighted else p.shape[0]
+                counts[c] += p.shape[0]
+    except SharedLayerError as err:
+        raise ValueError(f"squared_norms: {err}; use squared_norms='per-example'") from None
     return GradientSums(
         num_classes=C,
         weighted=weighted,

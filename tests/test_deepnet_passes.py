@@ -10,7 +10,14 @@ from torch.func import jacrev
 
 from deepnet.models import MLP
 from deepnet.operators import EmpiricalRisk, GaussNewtonOperator
-from deepnet.passes import gradient_sums, output_gradients, parameter_groups
+from deepnet.passes import (
+    LayerTaps,
+    class_batches,
+    cross_class_backward,
+    gradient_sums,
+    output_gradients,
+    parameter_groups,
+)
 from deepnet.structure import decompose_gradients, layer_decompositions, restricted_risk
 from simulate.fisher import mlr_extended_gradients
 from simulate.mixtures import canonical_mixture
@@ -219,8 +226,35 @@ def test_shared_layer_is_refused_for_layer_norms():
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(6, 4, generator=gen, dtype=torch.float64)
     risk = EmpiricalRisk(SharedModel().double().eval(), (X, torch.arange(6) % C))
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="more than once.*per-example"):
         gradient_sums(risk, squared_norms="layers")
+    np.testing.assert_allclose(  # the per-example route is exact for shared weights too
+        gradient_sums(risk, squared_norms="per-example").squared_norms.sum(),
+        6 * torch.trace(GaussNewtonOperator(risk).to_dense()).item(),
+        rtol=1e-10,
+    )
+
+
+def test_layer_taps_features_and_errors_give_the_weight_gradients():
+    """For a Linear layer, sum_i delta_{i,c'} h_i^T (taps) is the weight block of the cell
+    sums (backward passes to the parameters)."""
+    model, X, Y = _setup("mlp")
+    risk = EmpiricalRisk(model, (X, Y), batch_size=13)
+    names = ["layers.1", "layers.4", "layers.7"]
+    taps = LayerTaps({n: model.get_submodule(n) for n in names})
+    starts = dict(zip(risk.names, np.concatenate([[0], np.cumsum(risk.numels)])))
+    with taps:
+        for batch in class_batches(risk):
+            U = output_gradients(batch.probs, weighted=True)
+            errors = taps.errors(batch, U)
+            assert torch.equal(errors["layers.7"], U)  # the last layer's output is the logits
+            rows = cross_class_backward(risk, batch, U)
+            for n in names:
+                w = model.get_submodule(n).weight
+                grad = torch.einsum("kbo,bi->koi", errors[n], taps.inputs[n]).reshape(C, -1)
+                block = rows[:, starts[f"{n}.weight"] : starts[f"{n}.weight"] + w.numel()]
+                assert (grad - block).abs().max().item() < 1e-12
+            taps.clear()
 
 
 def test_output_gradients():
