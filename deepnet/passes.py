@@ -32,9 +32,9 @@ The decomposition of ``G`` (``theory.structure``) needs per cell ``(c, c')`` onl
 
 Batches that mix classes are split by label, so each forward runs once per example
 (on a class sub-batch); data sorted by class keeps the sub-batches large. Memory:
-the ``C^2 P`` sums plus one sub-batch's graph (times ``C`` when batched over
-``c'``) and, for the squared norms, ``example_chunk x C x P`` numbers; nothing of
-size ``N x C x P`` is ever held.
+the ``C^2 P`` sums plus one sub-batch's graph and its gradients (times ``C`` when
+batched over ``c'``) and, for ``"per-example"`` squared norms, ``example_chunk x C x P``
+numbers; nothing of size ``N x C x P`` is ever held.
 
 :func:`class_batches` is the one forward of the passes (forward hooks on
 ``risk.model`` see every example once), :func:`cross_class_backward` the ``C``
@@ -225,6 +225,7 @@ class LayerTaps:
         self.modules = dict(modules)
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
+        self._versions: dict[str, int] = {}
         self._handles: list = []
 
     def __enter__(self) -> Self:
@@ -241,6 +242,7 @@ class LayerTaps:
     def clear(self) -> None:
         self.inputs.clear()
         self.outputs.clear()
+        self._versions.clear()
 
     def _record(self, name: str, a: torch.Tensor, out: torch.Tensor) -> None:
         if name in self.outputs:
@@ -249,12 +251,19 @@ class LayerTaps:
                 "quantities are sums over calls"
             )
         self.inputs[name], self.outputs[name] = a.detach(), out
+        self._versions[name] = out._version
 
     def errors(self, batch: ClassBatch, cotangents: torch.Tensor, *, vectorize: bool = True) -> dict[str, torch.Tensor | None]:
         """``d <f(x_i), cotangents[k, i]> / d out^l_i`` (k, b, *out.shape[1:]) for every tapped
         layer of ``batch``'s forward (None where the output does not reach the logits); the
         graph is kept for later passes."""
         names = list(self.outputs)
+        changed = [n for n in names if self.outputs[n]._version != self._versions[n]]
+        if changed:
+            raise ValueError(
+                f"layers: the outputs of {changed} were modified in place after the layer (e.g. ReLU(inplace=True)), "
+                "so gradients with respect to them would be taken after that operation; use out-of-place operations"
+            )
         grads = _backward(batch.logits, [self.outputs[n] for n in names], cotangents, vectorize, retain=True)
         return dict(zip(names, grads))
 

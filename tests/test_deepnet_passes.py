@@ -235,6 +235,14 @@ def test_shared_layer_is_refused_for_layer_norms():
     )
 
 
+def test_in_place_activation_after_a_tapped_layer_is_refused():
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, C)).double().eval()
+    risk = EmpiricalRisk(model, (torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.arange(6) % C))
+    with pytest.raises(ValueError, match="in place"):
+        gradient_sums(risk, squared_norms="layers")
+
+
 def test_layer_taps_features_and_errors_give_the_weight_gradients():
     """For a Linear layer, sum_i delta_{i,c'} h_i^T (taps) is the weight block of the cell
     sums (backward passes to the parameters)."""
