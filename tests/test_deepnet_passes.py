@@ -364,3 +364,14 @@ def test_bad_input():
     part = EmpiricalRisk(model, (X, Y), params="layers.1")
     with pytest.raises(ValueError, match="outside"):
         layer_decompositions(part, layers=["layers.4"])
+
+
+@pytest.mark.gpu
+def test_cuda_sums_match_cpu():
+    model, X, Y = _setup("cnn")
+    ref = gradient_sums(EmpiricalRisk(model, (X, Y), batch_size=5))
+    out = gradient_sums(EmpiricalRisk(model, (X, Y), batch_size=5, device="cuda"))
+    assert out.sums.device.type == "cuda"
+    assert (out.sums.cpu() - ref.sums).abs().max().item() < TOL
+    np.testing.assert_allclose(out.squared_norms, ref.squared_norms, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(out.cell_weights, ref.cell_weights, rtol=1e-12)
