@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 
 from simulate.__main__ import main
-from simulate.study import (
-    effective_aspect_ratio,
-    finite_sample_ratio,
-    snr_from_finite_sample_ratio,
-    study_settings,
-    symmetric_point,
-)
+from simulate.study import study_settings, symmetric_point
+from theory.finite_sample import effective_aspect_ratio, finite_sample_ratio, snr_from_finite_sample_ratio
 from simulate.theorem import eigen_grid_point, fisher_convergence, monte_carlo_fisher
 from theory.mlr import expected_fisher, logit_hessian, symmetric_probabilities
 
@@ -204,7 +199,7 @@ def test_cli_requires_a_command(capsys):
 
 
 def test_paul_overlap_formula_and_half_point():
-    from simulate.study import half_overlap_snr, predicted_overlap
+    from theory.finite_sample import half_overlap_snr, predicted_overlap
 
     g = 0.2
     assert predicted_overlap(0.9 * math.sqrt(g), g) == 0.0
