@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from theory.checks import check_int
+
 from ..arguments import check_classes, check_dim, check_fraction, check_positive, check_snrs
 
 __all__ = ["StudySettings", "study_settings", "validate_settings", "configure"]
@@ -79,6 +81,7 @@ def validate_settings(st: StudySettings) -> StudySettings:
     check_fraction(st.eig_tol, "eig_tol", 1e-12, 1.0)
     for name in ("max_iterations", "density_steps", "density_repeats"):
         check_positive(getattr(st, name), name)
+    check_int("--seed", st.seed, 0, 2**63 - 1)
     return replace(st, classes=classes, dim=dim, snrs=snrs)
 
 
