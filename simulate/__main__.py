@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m simulate {args.command}: error: {err}", file=sys.stderr)
         return 2
     from .study import set_threads
-    from .study.workers import stop_on_sigterm
+    from .workers import stop_on_sigterm
 
     set_threads(args.threads)
     if args.command == "study":

@@ -18,7 +18,7 @@ from ..arguments import check_positive
 from .measure import AttributionSummary, PointResult, SymmetricPoint, attribution_summary, measure_point, symmetric_point
 from .settings import StudySettings, validate_settings
 from .summary import summarize
-from .workers import die_with_parent
+from ..workers import init_worker
 
 __all__ = ["Study", "set_threads", "run_study"]
 
@@ -46,12 +46,6 @@ def set_threads(threads: int) -> None:
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
-def _init_worker(threads: int, parent: int) -> None:
-    """Worker start: die with the parent process, then set the thread counts."""
-    die_with_parent(parent)
-    set_threads(threads)
-
-
 def _run_indexed(task: tuple[int, StudySettings, tuple[Any, ...]]) -> tuple[int, tuple[PointResult, SymmetricPoint | None, AttributionSummary | None]]:
     k, st, job = task
     return k, _run_job(st, *job)
@@ -73,8 +67,10 @@ def _run_job(
 def run_study(st: StudySettings, show_progress: bool = True, attribution_folder: RunFolder | None = None,
               workers: int = 1, threads: int = 1) -> Study:
     """Run the study (settings validated first) on ``workers`` processes of ``threads`` threads
-    each (points are seeded independently, so the numbers do not depend on either);
-    attribution reports are saved in ``attribution_folder`` when given."""
+    each. Points are seeded independently, so the numbers do not depend on ``workers`` (bitwise,
+    at equal thread counts); the fit and the Fisher products are bitwise for any thread count,
+    the eigen-solver's results only to round-off. Attribution reports are saved in
+    ``attribution_folder`` when given."""
     st = validate_settings(st)
     check_positive(workers, "--workers")
     start = time.perf_counter()
@@ -93,7 +89,7 @@ def run_study(st: StudySettings, show_progress: bool = True, attribution_folder:
         order = sorted(range(len(jobs)), key=lambda k: (jobs[k][6], jobs[k][1]), reverse=True)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding thread pools
         # leaving the block by an exception (a failed job, Ctrl-C, SIGTERM) terminates the workers at once
-        with context.Pool(workers, initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+        with context.Pool(workers, initializer=init_worker, initargs=(threads, os.getpid())) as pool:
             done = pool.imap_unordered(_run_indexed, [(k, st, jobs[k][1:]) for k in order])
             for k, result in progress(done, total=len(jobs), desc="study", enabled=show_progress):
                 results[k] = result

@@ -1,5 +1,9 @@
 """Worker processes that die with their parent, and SIGTERM that stops a run like SIGINT.
 
+This module imports nothing heavy: a spawned worker unpickles its initializer from here and
+asks for its parent-death signal before it imports torch or Numba (seconds), so a parent
+killed meanwhile still takes its workers along.
+
 A worker asks the Linux kernel for SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``)
 and, on any system, watches its parent's pid from a daemon thread, so that a run killed with
 SIGKILL leaves no worker (and so no resource tracker, which exits when its last client does).
@@ -17,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["die_with_parent", "stop_on_sigterm"]
+__all__ = ["die_with_parent", "init_worker", "stop_on_sigterm"]
 
 _PR_SET_PDEATHSIG = 1
 _WATCH_SECONDS = 0.5
@@ -39,6 +43,15 @@ def die_with_parent(parent: int) -> None:
     if os.getppid() != parent:
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent,), name="parent-watchdog", daemon=True).start()
+
+
+def init_worker(threads: int, parent: int) -> None:
+    """Initializer of a study worker: die with ``parent`` first, then import the numerics and
+    set their thread counts."""
+    die_with_parent(parent)
+    from .study.run import set_threads
+
+    set_threads(threads)
 
 
 def _terminated(signum: int, frame: object) -> None:
