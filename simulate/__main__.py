@@ -27,8 +27,11 @@ def _positive(value: str) -> int:
     return n
 
 
-def _values(values: Any) -> str:
-    return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) if isinstance(values, tuple) else f"{values:g}" if isinstance(values, float) else str(values)
+def _values(value: Any) -> str:
+    """A setting as the command line spells it: ``(3, 10)`` as ``3 10``, floats in ``%g``."""
+    if isinstance(value, tuple):
+        return " ".join(_values(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _default(full: Any, quick: Any, name: str) -> str:
