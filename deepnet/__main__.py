@@ -1,7 +1,8 @@
 """``python -m deepnet COMMAND ...``: a thin dispatcher. Each command lives in a
 module exposing ``add_arguments(parser)`` and ``run(args) -> int``, imported only
 when that command is run. Bad input (``ValueError``, ``FileNotFoundError``) ends
-the command with its message and exit status 2."""
+the command with its message and exit status 2; ``--device`` (cpu, cuda, cuda:N or
+auto) is checked here, before the command starts, as in ``python -m simulate``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from theory.devices import check_device
 
 COMMANDS = {
     "train": ("deepnet.train", "train a network with the papers' protocol and write a run folder"),
@@ -35,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(command)
     args = command.parse_args(rest)
     try:
+        if getattr(args, "device", None) is not None:
+            check_device("--device", args.device, allow_auto=True)
         return int(module.run(args))
     except (ValueError, FileNotFoundError) as error:  # bad input: the message, not a traceback
         command.exit(2, f"{command.prog}: error: {error}\n")

@@ -23,11 +23,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from theory.mlr import expected_fisher, logit_hessian, symmetric_probabilities, theorem_eigenvalues
+from theory.mlr import expected_fisher, symmetric_probabilities, theorem_eigenvalues
 from theory.progress import progress
 from theory.runs import RunFolder
 from theory.symbolic import check_all
 
+from .fisher import MLRFisher
 from .mixtures import canonical_mixture
 from .arguments import check_alphas, check_classes, check_dim, check_positive, check_snrs
 
@@ -116,13 +117,7 @@ def symmetric_fisher(X: np.ndarray, labels: np.ndarray, num_classes: int, alpha:
     ``(1/N) sum_i (x_i x_i^T) (x) A(p_{c_i}) = sum_c (N_c/N) S_c (x) U^c`` with
     ``S_c = X_c^T X_c / N_c`` and ``U^c = A(p_c)`` (``vec(W)`` in ``D`` blocks of ``C``, as
     :func:`theory.mlr.expected_fisher`)."""
-    C, (N, D) = num_classes, X.shape
-    U = logit_hessian(symmetric_probabilities(C, alpha))
-    G = np.zeros((C * D, C * D))
-    for c in range(C):
-        Xc = X[labels == c]
-        G += np.kron(Xc.T @ Xc / N, U[c])
-    return G
+    return MLRFisher(X, symmetric_probabilities(num_classes, alpha)[labels]).to_dense().numpy()
 
 
 def monte_carlo_fisher(num_classes: int, dim: int, snr: float, alpha: float, n_per_class: int, seed: int) -> np.ndarray:

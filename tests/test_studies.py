@@ -1,20 +1,23 @@
 """The studies of ``python -m simulate``: the theorem checks and the main study in quick
-mode end to end, their finite-sample formulas, and the command line's argument errors."""
+mode end to end (against the dense Fisher and known answers), thread-count independence,
+killed runs, and the command line's argument errors and help. The finite-sample formulas
+are tested in ``tests/test_finite_sample.py``."""
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from simulate.__main__ import main
-from simulate.study import (
-    effective_aspect_ratio,
-    finite_sample_ratio,
-    snr_from_finite_sample_ratio,
-    study_settings,
-    symmetric_point,
-)
+from simulate.study import study_settings, symmetric_point
 from simulate.theorem import eigen_grid_point, fisher_convergence, monte_carlo_fisher
 from theory.mlr import expected_fisher, logit_hessian, symmetric_probabilities
 
@@ -66,33 +69,7 @@ def test_theorem_cli_quick(tmp_path):
     assert "slope" in (out / "report.md").read_text()
 
 
-# --------------------------------------------------------------------------- finite-sample formulas
-def test_finite_sample_ratio_inverts_and_tends_to_the_theorem():
-    C, a, g = 10, 0.3, 0.2
-    b = 2 - a * C / (C - 1)
-    for s in (0.6, 2.0, 9.0):
-        r = finite_sample_ratio(s, C, a, g)
-        s_hat, below = snr_from_finite_sample_ratio(r, C, a, g)
-        assert not below and s_hat == pytest.approx(s, rel=1e-10)
-    # no finite-sample effect as D/n -> 0: Theorem 8.1's ratio 1 + s (1 - a)/b
-    assert finite_sample_ratio(4.0, C, a, 1e-12) == pytest.approx(1 + 4.0 * (1 - a) / b, rel=1e-9)
-    # below the transition the ratio is the edge value and the inversion says so
-    r0 = finite_sample_ratio(0.1, C, a, g)
-    assert r0 == pytest.approx(1 + (1 - a) / b * ((1 + math.sqrt(g)) ** 2 - 1))
-    assert snr_from_finite_sample_ratio(r0, C, a, g) == (math.sqrt(g), True)
-
-
-def test_effective_aspect_ratio_limits():
-    N, D, C = 400, 50, 4
-    same = np.tile([0.4, 0.3, 0.2, 0.1], (N, 1))  # every A_i equal: gamma = (D - C)/N ... times the anisotropy of A
-    A = logit_hessian(same[0])
-    ev = np.linalg.eigvalsh(A)[1:]
-    aniso = (C - 1) * np.sum(ev**2) / np.sum(ev) ** 2
-    assert effective_aspect_ratio(same, D, C) == pytest.approx((D - C) / N * aniso)
-    uniform = np.full((N, C), 1 / C)  # A = (I - 11^T/C)/C is isotropic on 1^perp: exactly (D - C)/N
-    assert effective_aspect_ratio(uniform, D, C) == pytest.approx((D - C) / N)
-
-
+# --------------------------------------------------------------------------- symmetric-probability Fisher
 def test_symmetric_fisher_bulk_mean_and_edge_match_the_moments():
     st = study_settings(quick=True)
     q = symmetric_point(st, 3, 0.0, 0.4, seed=0)  # no signal: everything is bulk
@@ -155,11 +132,59 @@ def test_study_numbers_are_sane(quick_study):
     assert min(high) > max(low)
     gap = res["summary"]["largest_gap"]
     assert abs(gap["predicted_minus_test"]) == pytest.approx(np.max(np.abs(pred - test)))
-    for a in res["attribution"]:
-        assert a["verdicts"]["bulk"]["verdict"] in ("attributable", "not attributable")
 
 
-def test_study_is_reproducible(tmp_path):
+def test_study_attribution_known_answers(quick_study):
+    """Far below the BBP threshold there is no signal: no outliers, and the whole Fisher is the
+    within-class part; far above it the C - 1 outliers of the class means are the class part."""
+    _, res = quick_study
+    by_snr = {a["snr"]: a["verdicts"] for a in res["attribution"]}
+    low, high = by_snr[min(by_snr)], by_snr[max(by_snr)]
+    assert low["outliers"]["verdict"] == "absent"
+    assert (low["bulk"]["verdict"], low["bulk"]["component"]) == ("attributable", "within")
+    assert (high["outliers"]["verdict"], high["outliers"]["component"]) == ("attributable", "class")
+
+
+def test_fisher_spectrum_against_the_dense_fisher():
+    """Every number of :class:`FisherSpectrum` recomputed from the dense Fisher (extended
+    gradients, ``eigh``) and the class-mean span, independently of the study's code path."""
+    from simulate.fisher import mlr_fisher_dense
+    from simulate.study import configure, measure_point
+    from simulate.study.measure import _mixture
+    from simulate.solver import fit_mlr
+
+    st = configure(True, {"classes": (3,), "snrs": (6.0,)})
+    C, D, s, seed = 3, st.dim, 6.0, 5
+    point, objects = measure_point(st, C, s, seed=seed)
+    train, W = objects["train"], objects["W"]
+    # the same data and fit as the study's stream for this point
+    stream = np.random.SeedSequence([seed, C, int(round(s * 1e6)), 0])
+    again, _ = _mixture(C, D, s, 0.0).train_test(st.n_per_class, st.n_test_per_class, stream)
+    np.testing.assert_array_equal(again.X, train.X)
+    np.testing.assert_allclose(fit_mlr(train.X, train.labels, C, penalty=st.penalty, tol=st.solver_tol).W, W, rtol=0, atol=0)
+    G = mlr_fisher_dense(train.X, W)
+    evals, vecs = np.linalg.eigh(G)
+    spec = point.spectrum
+    np.testing.assert_allclose(np.sort(spec.outliers), evals[-C:], rtol=1e-4)
+    means = np.stack([train.X[train.labels == c].mean(0) for c in range(C)], 1)
+    Q = np.linalg.qr(means)[0]
+    Pperp = np.kron(np.eye(D) - Q @ Q.T, np.eye(C))
+    compressed = Pperp @ G @ Pperp
+    assert spec.bulk == pytest.approx(np.trace(compressed) / ((D - C) * (C - 1)), rel=1e-10)
+    assert spec.bulk_edge == pytest.approx(np.linalg.eigvalsh(compressed)[-1], rel=1e-3)
+    assert spec.trace == pytest.approx(np.trace(G), rel=1e-10)
+    assert spec.deflated_mean == pytest.approx((np.trace(G) - evals[-C:].sum()) / (C * D - C - D), rel=1e-5)
+    assert spec.mini_bulk == pytest.approx((np.trace(G - compressed) - evals[-C:].sum()) / (C * (C - 2)), rel=1e-4)
+    overlap = (vecs[: C * C, -C:] ** 2).sum() / C  # vec(W) index d*C + c: the first C^2 are d < C
+    assert spec.signal_overlap == pytest.approx(overlap, abs=1e-3)
+    assert point.ratio == pytest.approx(evals[-C:].mean() / spec.bulk, rel=1e-4)
+    # Theorem 8.1 at the true SNR and the clipped alpha, from theory.mlr's closed form
+    from theory.mlr import outlier_to_bulk_ratio
+
+    assert point.theorem_ratio == pytest.approx(outlier_to_bulk_ratio(C, s, point.alpha_used), rel=1e-12)
+
+
+def test_study_is_reproducible():
     from simulate.study import configure, measure_point
 
     st = configure(True, {"classes": (3,), "snrs": (4.0,)})
@@ -182,6 +207,7 @@ def test_study_is_reproducible(tmp_path):
         (["study", "--snrs", "1", "nan"], "--snrs: expected finite SNR values"),
         (["study", "--seeds", "0"], "--seeds: expected a positive integer"),
         (["study", "--attribution-snrs", "7.5"], "--attribution-snrs: expected values of --snrs"),
+        (["study", "--seed", "-1"], "--seed: expected an integer in [0, "),
         (["theorem", "--alpha", "0"], "--alpha: expected alpha in (0, 1 - 1/C]"),
         (["theorem", "--alpha", "0.8"], "--alpha: expected alpha in (0, 1 - 1/C]"),
         (["theorem", "--classes", "3", "1"], "--classes: expected integers C >= 2"),
@@ -197,19 +223,20 @@ def test_cli_rejects_bad_arguments_before_work(argv, message, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_study_help_states_the_real_defaults(capsys):
+    full, quick = study_settings(False), study_settings(True)
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"dimension D > C (default {full.dim}; --quick {quick.dim})" in text
+    assert f"training examples per class (default {full.n_per_class}; --quick {quick.n_per_class})" in text
+    assert f"seeds per point (default {full.seeds}; --quick {quick.seeds})" in text
+
+
 def test_cli_requires_a_command(capsys):
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
-
-
-def test_paul_overlap_formula_and_half_point():
-    from simulate.study import half_overlap_snr, predicted_overlap
-
-    g = 0.2
-    assert predicted_overlap(0.9 * math.sqrt(g), g) == 0.0
-    assert predicted_overlap(half_overlap_snr(g), g) == pytest.approx(0.5, rel=1e-12)
-    assert predicted_overlap(1e6, g) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_symmetric_fisher_overlaps_follow_paul():
@@ -222,13 +249,151 @@ def test_symmetric_fisher_overlaps_follow_paul():
     assert low.signal_overlap < 0.35
 
 
-def test_parallel_workers_give_the_same_numbers():
+def _numbers(study) -> dict:
+    """Every number of a study except its timings."""
+    from theory.results import to_jsonable
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k != "seconds"}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return strip(to_jsonable(study))
+
+
+_TINY = {"classes": (3,), "snrs": (1.0, 8.0), "seeds": 1, "asymmetry": (0.0,), "attribution_snrs": (8.0,)}
+
+
+@pytest.fixture
+def threads_restored():
+    from simulate.study import set_threads
+
+    torch_threads = torch.get_num_threads()
+    yield set_threads
+    set_threads(torch_threads)
+
+
+def test_numbers_are_bitwise_equal_for_any_number_of_workers(threads_restored):
+    """This process at one thread (torch, Numba; BLAS: ``OMP_NUM_THREADS=1`` of the test run)
+    and two worker processes of one thread each: the same numbers to the last bit."""
     from simulate.study import configure, run_study
 
-    st = configure(True, {"classes": (3,), "snrs": (1.0, 8.0), "seeds": 1, "asymmetry": (0.0,), "attribution_snrs": ()})
-    serial = run_study(st, show_progress=False, workers=1)
-    parallel = run_study(st, show_progress=False, workers=2)
-    assert [p.test_error for p in serial.points] == [p.test_error for p in parallel.points]
-    # same numbers up to the reduction order of BLAS (this process may run more threads than the workers)
-    np.testing.assert_allclose([p.ratio for p in serial.points], [p.ratio for p in parallel.points], rtol=1e-12)
-    np.testing.assert_allclose([p.predicted_error for p in serial.points], [p.predicted_error for p in parallel.points], rtol=1e-9)
+    st = configure(True, _TINY)
+    threads_restored(1)
+    serial = _numbers(run_study(st, show_progress=False, workers=1))
+    parallel = _numbers(run_study(st, show_progress=False, workers=2, threads=1))
+    assert serial == parallel
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="theory.spectral.top_eigenpairs (torch reductions) changes in the last bits with torch's "
+    "thread count; the Numba products and the MLR fit are bitwise (test_simulate_solver), the study's "
+    "numbers agree to ~1e-15 relative (next test)",
+)
+def test_numbers_are_bitwise_equal_for_one_and_two_threads(threads_restored):
+    from simulate.study import configure, measure_point
+
+    st = configure(True, _TINY)
+    points = []
+    for threads in (1, 2):
+        threads_restored(threads)
+        points.append(_numbers(measure_point(st, 3, 8.0, seed=0)[0]))
+    assert points[0] == points[1]
+
+
+def test_numbers_agree_to_round_off_for_one_and_two_threads(threads_restored):
+    from simulate.study import configure, measure_point
+
+    st = configure(True, _TINY)
+    points = []
+    for threads in (1, 2):
+        threads_restored(threads)
+        points.append(measure_point(st, 3, 8.0, seed=0)[0])
+    a, b = points
+    assert a.test_error == b.test_error and a.alpha == b.alpha  # the fit is bitwise
+    np.testing.assert_allclose(a.spectrum.outliers, b.spectrum.outliers, rtol=1e-13)
+    for key in ("ratio", "predicted_error", "predicted_error_bbp"):
+        assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- killed runs
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from ``/proc``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def _start_quick_study(out) -> tuple[subprocess.Popen, list[int]]:
+    """``python -m simulate study --quick`` in a subprocess, returned once its two workers and
+    the resource tracker run (and a second more)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "simulate", "study", "--quick", "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(_children(proc.pid)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    kids = _children(proc.pid)
+    assert len(kids) >= 3, "the study did not start its workers"
+    return proc, kids
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _alive(pids)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_leaves_no_worker(tmp_path):
+    proc, kids = _start_quick_study(tmp_path / "run")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = _wait_gone(kids, 5.0)
+    for pid in left:  # do not leak them into the rest of the session
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_promptly_without_results(tmp_path):
+    out = tmp_path / "run"
+    proc, kids = _start_quick_study(out)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - start < 10
+    assert rc == 128 + signal.SIGTERM
+    left = _wait_gone(kids, 5.0)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert not (out / "results.json").exists() and not (out / "report.md").exists()
+    assert not list(out.glob("*.png"))

@@ -36,6 +36,7 @@ __all__ = [
     "expected_fisher",
     "ExpectedFisherOperator",
     "expected_fisher_operator",
+    "bulk_factor",
     "eigenvalue_groups",
     "TheoremEigenvalues",
     "theorem_eigenvalues",
@@ -206,6 +207,12 @@ def expected_fisher_operator(
 
 # -- Theorem 8.1 --------------------------------------------------------------------
 
+def bulk_factor(num_classes: int, alpha: Any) -> Any:
+    """``b = 2 - alpha C/(C-1)``: Theorem 8.1's bulk is ``beta b`` (``beta = alpha/(C-1)``).
+    Plain arithmetic, so ``alpha`` may be an array or a sympy symbol."""
+    return 2 - alpha * num_classes / (num_classes - 1)
+
+
 def eigenvalue_groups(num_classes: int, dim: int, snr: Any, alpha: Any) -> tuple[tuple[Any, int], ...]:
     """Theorem 8.1 as ``((value, multiplicity), ...)`` for the outliers, mini-bulk,
     bulk and zero, with ``beta = alpha/(C-1)`` and ``b = 2 - alpha C/(C-1)``:
@@ -219,7 +226,7 @@ def eigenvalue_groups(num_classes: int, dim: int, snr: Any, alpha: Any) -> tuple
     """
     C, D = num_classes, dim
     beta = alpha / (C - 1)
-    b = 2 - alpha * C / (C - 1)
+    b = bulk_factor(C, alpha)
     return (
         (beta * (snr * (1 - alpha) + b), C),
         (beta * (snr / C + b), C * (C - 2)),
@@ -310,7 +317,7 @@ def snr_from_ratio(ratio: Any, num_classes: int, alpha: float, *, which: RatioKi
     if which not in ("outlier", "mini_bulk"):
         raise ValueError(f"which: expected 'outlier' or 'mini_bulk', got {which!r}")
     r = _as_real_array(ratio, "ratio", "eigenvalue ratios >= 1 (the theorem's ratios are never below 1)", 1.0)
-    b = 2.0 - a * C / (C - 1)
+    b = bulk_factor(C, a)
     s = (r - 1.0) * (b / (1.0 - a) if which == "outlier" else C * b)
     return _returned(s, r)
 

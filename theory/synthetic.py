@@ -6,12 +6,11 @@ matrix: a Marchenko-Pastur bulk on about ``[0, 4]`` and three outliers at
 BBP transition at aspect ratio one). The estimator sees ``Y`` only through
 products; a dense ``eigh`` gives the truth it is compared with.
 
-Run ``python -m theory.synthetic --out runs/synthetic``.
+Run ``python -m simulate synthetic --out runs/synthetic``.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -19,10 +18,9 @@ import numpy as np
 import torch
 
 from .operators import as_operator
-from .runs import RunFolder
 from .spectral import DeflatedDensity, SpectralDensity, bulk_density, gaussian_smooth, spectral_density, top_eigenpairs
 
-__all__ = ["SyntheticCheck", "run_synthetic_check", "main"]
+__all__ = ["SyntheticCheck", "plot_synthetic_check", "report", "run_synthetic_check"]
 
 SPIKES = (5.0, 4.0, 3.0)
 
@@ -49,20 +47,25 @@ class SyntheticCheck:
     deflated: DeflatedDensity
 
 
-def run_synthetic_check(size: int = 2000, num_steps: int = 128, num_repeats: int = 10, kappa: float = 3.0, seed: int = 0) -> tuple[SyntheticCheck, np.ndarray]:
+def run_synthetic_check(
+    size: int = 2000, num_steps: int = 128, num_repeats: int = 10, kappa: float = 3.0, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[SyntheticCheck, np.ndarray]:
     """Build ``Y``, estimate its spectrum matrix-free and compare with ``eigh``.
 
-    Returns the check and the exact eigenvalues (ascending)."""
+    ``Z`` is drawn on the CPU from ``seed`` (the same matrix on every device), then moved to
+    ``device`` for the products and the dense ``eigh``. Returns the check and the exact
+    eigenvalues (ascending)."""
     if size < 2 * len(SPIKES) or num_steps > size:
         raise ValueError(f"size: expected at least {max(2 * len(SPIKES), num_steps)}, got {size}")
     gen = torch.Generator().manual_seed(seed)
     Z = torch.randn(size, size, generator=gen, dtype=torch.float64)
+    Z = Z.to(device)
     Y = Z @ Z.T / size
-    Y.diagonal()[: len(SPIKES)] += torch.tensor(SPIKES, dtype=torch.float64)
+    Y.diagonal()[: len(SPIKES)] += torch.tensor(SPIKES, dtype=torch.float64, device=Y.device)
     op = as_operator(Y)
 
     t0 = time.perf_counter()
-    exact = torch.linalg.eigvalsh(Y).numpy()
+    exact = torch.linalg.eigvalsh(Y).cpu().numpy()
     t1 = time.perf_counter()
     density = spectral_density(op, num_steps=num_steps, num_repeats=num_repeats, kappa=kappa, seed=seed)
     pairs = top_eigenpairs(op, len(SPIKES), seed=seed)
@@ -159,25 +162,3 @@ Figure: `synthetic_check.png` (log density axis; left the whole spectrum, right
 the bulk after deflation with the outliers as point masses of weight 1/p).
 """
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m theory.synthetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/synthetic", help="run folder (created if missing)")
-    parser.add_argument("--size", type=int, default=2000)
-    parser.add_argument("--num-steps", type=int, default=128)
-    parser.add_argument("--num-repeats", type=int, default=10)
-    parser.add_argument("--kappa", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    folder = RunFolder(args.out)
-    check, exact = run_synthetic_check(args.size, args.num_steps, args.num_repeats, args.kappa, args.seed)
-    folder.save_figure("synthetic_check.png", plot_synthetic_check(check, exact))
-    folder.write_json("results.json", check)
-    folder.write_text("report.md", report(check))
-    print(report(check))
-    print(f"results written to {folder.path}/ (report.md, results.json, synthetic_check.png)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The ``study``: does the Fisher's outlier-to-bulk ratio predict the misclassification of
+trained multinomial logistic regression (Papyan, JMLR 2020, Section 8), and where not?
+
+For each number of classes ``C``, SNR ``s`` and seed, on the canonical model
+``x = t e_c + z`` (``D`` dimensions, ``n`` training examples per class, fresh test data):
+
+1. fit MLR (Numba Newton-CG, ridge ``penalty``) and measure ``alpha`` = mean probability
+   mass off the true class, the test error and the Bayes error ``P_err(sqrt(s), C)``;
+2. measure the empirical Fisher ``G = (1/N) sum_i (x_i x_i^T) (x) A(p_i)``, matrix-free:
+   the top ``C`` eigenvalues (the outliers) by subspace iteration, the density of the rest
+   after deflation, and the bulk value (below);
+3. predict the error from the ratio ``r = mean(outliers) / bulk`` with Theorem 8.1:
+   ``s_hat = (r - 1) b / (1 - alpha)``, ``P_err(sqrt(s_hat))``; compare with the test error.
+
+**The measured bulk.** Theorem 8.1's bulk is an atom ``beta b`` on the
+``(D - C)(C - 1)``-dimensional space ``span(e_C..e_{D-1}) (x) 1^perp``. At finite ``N`` it
+spreads into a Marchenko-Pastur-like law whose *mean* is preserved (the expectation
+of a trace is the trace of the expectation), so we take the mean of ``G`` on that space,
+estimated by its empirical counterpart ``Q^perp (x) I_C`` with ``Q`` an orthonormal basis
+of the training class means (the outliers and mini-bulk live in ``span(Q) (x) R^C``; the
+``D`` directions ``u (x) 1`` are exactly null because ``A(p) 1 = 0``):
+
+    bulk = tr((Q^perp (x) I) G) / ((D - C)(C - 1)) = (1/N) sum_i |Q^perp x_i|^2 (1 - |p_i|^2) / ((D - C)(C - 1)),
+
+an exact trace, with no eigenvalue selection and no density noise. The mean of the
+deflated Lanczos density (null mass removed) is reported beside it as a check.
+
+**Finite samples.** The bulk's Marchenko-Pastur moments, the BBP transition of the
+outliers at ``s* = sqrt(D/n)``, their finite-``n`` ratio and eigenvector overlaps are
+:mod:`theory.finite_sample` (our derivation, beyond the paper); inverting the ratio gives
+a finite-sample-corrected SNR and error prediction (``predicted_error_bbp``). The study checks
+them on the symmetric-probability Fisher (no training) and on the trained one.
+
+**Asymmetric probabilities.** Class means ``sqrt(s (1 + eta (2c/(C-1) - 1))) e_c`` (average
+SNR ``s``) make the probabilities differ by class; the prediction is compared with the
+test error and the Bayes error of that mixture (optimal rule on fresh data) as ``eta`` grows.
+
+**Attribution.** At three SNRs the Fisher is split into class / cross / within / diag
+parts (``theory.structure``, from the extended gradients) and its outliers, bump and
+bulk are attributed by knockouts (``theory.attribution``).
+
+Run ``python -m simulate study --out runs/study`` (``--quick`` for the test settings).
+
+The parts: :mod:`.settings` (the knobs), :mod:`.measure` (one point), :mod:`.summary`
+(headline numbers), :mod:`.run` (the jobs and worker processes), :mod:`.figures`,
+:mod:`.report` and :func:`run_cli` here (the run folder).
+"""
+
+from __future__ import annotations
+
+from theory.runs import RunFolder
+
+from .figures import plot_attribution, plot_finite_samples, plot_predicted_vs_measured, plot_ratio_vs_error
+from .measure import (
+    AttributionSummary,
+    FisherSpectrum,
+    PointResult,
+    SymmetricPoint,
+    fisher_spectrum,
+    measure_point,
+    symmetric_point,
+)
+from .report import study_report
+from .run import Study, run_study, set_threads
+from .settings import StudySettings, configure, study_settings, validate_settings
+
+__all__ = [
+    "StudySettings",
+    "study_settings",
+    "validate_settings",
+    "configure",
+    "FisherSpectrum",
+    "PointResult",
+    "SymmetricPoint",
+    "AttributionSummary",
+    "Study",
+    "fisher_spectrum",
+    "measure_point",
+    "symmetric_point",
+    "run_study",
+    "set_threads",
+    "study_report",
+    "plot_attribution",
+    "plot_ratio_vs_error",
+    "plot_predicted_vs_measured",
+    "plot_finite_samples",
+    "run_cli",
+]
+
+
+def run_cli(out: str, settings: StudySettings, show_progress: bool = True, workers: int = 1, threads: int = 1) -> Study:
+    """Run the study (:func:`run_study`) and write the run folder ``out``: ``results.json``,
+    the four figures, ``report.md`` and ``attribution/``."""
+    folder = RunFolder(out)
+    study = run_study(settings, show_progress, RunFolder(folder.path / "attribution"), workers, threads)
+    folder.save_figure("spectra_attribution.png", plot_attribution(study))
+    folder.save_figure("ratio_vs_error.png", plot_ratio_vs_error(study))
+    folder.save_figure("predicted_vs_measured.png", plot_predicted_vs_measured(study))
+    folder.save_figure("finite_samples.png", plot_finite_samples(study))
+    folder.write_json("results.json", study)
+    text = study_report(study)
+    folder.write_text("report.md", text)
+    print(text.split("## Every point")[0])
+    print(f"results written to {folder.path}/ (report.md, results.json, 4 figures, attribution/)")
+    return study
+

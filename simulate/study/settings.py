@@ -1,0 +1,107 @@
+"""The study's settings: every knob in one frozen record, the default and quick values, and
+their checks (clear errors naming the command-line option, before any work)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from theory.checks import check_int
+
+from ..arguments import check_classes, check_dim, check_fraction, check_positive, check_snrs
+
+__all__ = ["StudySettings", "study_settings", "validate_settings", "configure"]
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Every knob of the study. ``attribution_snrs`` must be values of ``snrs``;
+    ``asymmetry`` are the ``eta`` of the unequal-means sweep (``0`` is the canonical model)
+    at SNR ``asymmetry_snr`` with ``asymmetry_classes`` classes."""
+
+    classes: tuple[int, ...]
+    dim: int
+    n_per_class: int
+    n_test_per_class: int
+    snrs: tuple[float, ...]
+    seeds: int
+    penalty: float
+    attribution_snrs: tuple[float, ...]
+    asymmetry: tuple[float, ...]
+    asymmetry_snr: float
+    asymmetry_classes: int
+    eig_tol: float = 1e-3
+    max_iterations: int = 400
+    density_steps: int = 64
+    density_repeats: int = 4
+    solver_tol: float = 1e-8
+    seed: int = 0
+
+
+def study_settings(quick: bool = False) -> StudySettings:
+    """The default study (about two minutes on two free cores with two workers) or the
+    ``quick`` one (tests)."""
+    if quick:
+        snrs = (0.5, 2.0, 6.0, 30.0)
+        return StudySettings(
+            classes=(3,), dim=24, n_per_class=120, n_test_per_class=1000, snrs=snrs, seeds=2, penalty=1e-3,
+            attribution_snrs=(0.5, 6.0, 30.0), asymmetry=(0.0, 0.8), asymmetry_snr=6.0, asymmetry_classes=3,
+            density_steps=48, density_repeats=3,
+        )
+    snrs = tuple(float(v) for v in np.round(np.geomspace(0.25, 24.0, 12), 3))
+    return StudySettings(
+        classes=(3, 10), dim=40, n_per_class=200, n_test_per_class=2000, snrs=snrs, seeds=3, penalty=1e-3,
+        attribution_snrs=(snrs[2], snrs[6], snrs[10]), asymmetry=(0.0, 0.3, 0.6, 0.9), asymmetry_snr=4.0,
+        asymmetry_classes=10,
+    )
+
+
+def validate_settings(st: StudySettings) -> StudySettings:
+    """Check every setting (clear errors naming the option) before any work."""
+    classes = check_classes(st.classes)
+    dim = check_dim(st.dim, classes)
+    if dim == max(classes):
+        raise ValueError(f"--dim: expected D > C (the bulk has (D - C)(C - 1) eigenvalues), got D = {dim} for C = {max(classes)}")
+    check_positive(st.n_per_class, "--n-per-class")
+    check_positive(st.n_test_per_class, "--n-test")
+    snrs = check_snrs(st.snrs)
+    check_positive(st.seeds, "--seeds")
+    check_fraction(st.penalty, "--penalty", 0.0, math.inf)
+    missing = [s for s in st.attribution_snrs if not any(math.isclose(s, v) for v in snrs)]
+    if missing:
+        raise ValueError(f"--attribution-snrs: expected values of --snrs {list(snrs)}, got {missing}")
+    for eta in st.asymmetry:
+        check_fraction(eta, "--asymmetry", 0.0, 1.0)
+    check_snrs([st.asymmetry_snr], "--asymmetry-snr")
+    check_classes([st.asymmetry_classes], "--asymmetry-classes")
+    check_dim(dim, [st.asymmetry_classes], "--dim")
+    check_fraction(st.eig_tol, "eig_tol", 1e-12, 1.0)
+    for name in ("max_iterations", "density_steps", "density_repeats"):
+        check_positive(getattr(st, name), name)
+    check_int("--seed", st.seed, 0, 2**63 - 1)
+    return replace(st, classes=classes, dim=dim, snrs=snrs)
+
+
+
+def configure(quick: bool = False, overrides: dict[str, Any] | None = None) -> StudySettings:
+    """Default (or ``quick``) settings with ``overrides``, validated. When ``snrs`` is overridden
+    without ``attribution_snrs``, three of the new SNRs are taken (low, middle, high); when
+    ``classes`` is, the asymmetric sweep uses the largest of them."""
+    base = study_settings(quick)
+    over = dict(overrides or {})
+    if "snrs" in over:
+        snrs = check_snrs(over["snrs"])
+        over["snrs"] = snrs
+        if "attribution_snrs" not in over:
+            ordered = sorted(set(snrs))
+            over["attribution_snrs"] = tuple(dict.fromkeys(ordered[i] for i in (0, len(ordered) // 2, len(ordered) - 1)))
+        if "asymmetry_snr" not in over:
+            over["asymmetry_snr"] = sorted(snrs)[len(snrs) // 2]
+    if "classes" in over:
+        over["classes"] = check_classes(over["classes"])
+        over.setdefault("asymmetry_classes", max(over["classes"]))
+    return validate_settings(replace(base, **over))
+
