@@ -6,7 +6,7 @@ gzipped, and the CIFAR python pickles through an unpickler that admits numpy
 arrays only), so the usual torchvision folder layouts and flat folders of the
 original files (such as Debian's ``/usr/share/datasets/fashion-mnist``) both work.
 
-Conventions (the paper's, PAPER.md section 9):
+Conventions (the paper's, docs/math.md#experiments):
 
 * pixels are scaled to [0, 1] and each channel standardised,
   ``x = (u / 255 - mean_c) / std_c``, with ``mean_c`` and ``std_c`` of the whole

@@ -1,4 +1,4 @@
-"""The papers' networks (PAPER.md section 9) for inputs of any channel count and size.
+"""The papers' networks (docs/math.md#experiments) for inputs of any channel count and size.
 
 * :class:`MLP`: ``depth`` hidden layers of ``width`` units, each Linear -> BatchNorm
   -> ReLU (the paper: 8 x 2048), then a Linear layer to the C logits.
@@ -76,7 +76,7 @@ class MLP(nn.Module):
 
 
 class VGG11(nn.Module):
-    """VGG11 with batch norm (PAPER.md section 9): conv3x3 -> BN -> ReLU blocks of
+    """VGG11 with batch norm (docs/math.md#experiments): conv3x3 -> BN -> ReLU blocks of
     :data:`VGG11_CONFIG` (widths scaled by ``width / 64``), then
     ``Linear(512, hidden) -> BN -> ReLU -> Linear(hidden, hidden) -> BN -> ReLU ->
     Linear(hidden, C)``.

@@ -1,4 +1,4 @@
-"""Training with the papers' protocol (PAPER.md section 9), resumable and deterministic.
+"""Training with the papers' protocol (docs/math.md#experiments), resumable and deterministic.
 
 SGD with momentum 0.9 and weight decay 5e-4 on the mean cross-entropy of
 batches of 128, the learning rate divided by 10 at 1/3 and 2/3 of the epochs;

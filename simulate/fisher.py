@@ -1,6 +1,6 @@
 """The empirical Fisher of multinomial logistic regression and its extended gradients.
 
-Parameter ordering (as in PAPER.md's Lemma 8.1 and ``theory.mlr``): ``vec(W)`` lists
+Parameter ordering (as in Lemma 8.1 of Papyan 2020 and ``theory.mlr``; docs/math.md#parameter-order): ``vec(W)`` lists
 ``W`` (C x D) in ``D`` blocks of size ``C``, entry ``W[c, d]`` at index ``d*C + c``
 (``vec(W) = W.T.reshape(-1)``). With ``p_i = softmax(W x_i + b)`` and
 ``A(p) = diag(p) - p p^T``,
@@ -13,7 +13,7 @@ cross-class ``c'`` is the gradient of its loss as if its label were ``c'``,
 
     g_{i,c'} = x_i (x) (p_i - e_{c'})                          (length DC),
 
-and ``G = sum_{i,c'} (p_{i,c'}/N) g_{i,c'} g_{i,c'}^T`` (PAPER.md section 2).
+and ``G = sum_{i,c'} (p_{i,c'}/N) g_{i,c'} g_{i,c'}^T`` (docs/math.md#the-matrices-h-g-and-e).
 
 * :func:`mlr_fisher` -- ``G`` as a :class:`theory.operators.SymmetricOperator`,
   matrix-free: for a block ``V`` (CD x k) each column is a ``C x D`` matrix ``M``
@@ -233,7 +233,7 @@ class ExtendedGradients:
             yield ExtendedGradientBatch(v, y, P)
 
     def cell_sums(self) -> CellSums:
-        """The per-cell running sums of the class/cross-class decomposition (PAPER.md section 3),
+        """The per-cell running sums of the class/cross-class decomposition (docs/math.md#three-index-decomposition),
         computed from the factors without forming any ``g`` (see :class:`CellSums`).
 
         ``sums[c, c']`` is ``vec`` (index ``d*C + f``) of the D x C matrix

@@ -1,7 +1,7 @@
 """Gaussian mixtures with balanced classes: ``x = mu_c + sigma L z``, ``z ~ N(0, I_r)``.
 
 The means ``mu_c`` (rows of a ``C x D`` matrix) have norm ``t = sigma sqrt(snr)``,
-so ``snr = t^2 / sigma^2`` is the signal-to-noise ratio of PAPER.md section 5 when
+so ``snr = t^2 / sigma^2`` is the signal-to-noise ratio of docs/math.md#the-mlr-theorem when
 the noise is white (``L = I``). Three layouts of the means:
 
 * canonical: ``mu_c = t e_c`` (the model of Lemma 8.1 / Theorem 8.1);
@@ -173,7 +173,7 @@ def _mixture(kind: str, means: np.ndarray, snr: float, sigma: float, noise_cov: 
 def canonical_mixture(
     num_classes: int, dim: int, snr: float, *, sigma: float = 1.0, noise_cov: Any = None, noise_factor: Any = None
 ) -> GaussianMixture:
-    """The canonical model ``x = t e_c + sigma L z`` with ``t = sigma sqrt(snr)`` (PAPER.md section 5)."""
+    """The canonical model ``x = t e_c + sigma L z`` with ``t = sigma sqrt(snr)`` (Papyan 2020, Sec. 8; docs/math.md#the-mlr-theorem)."""
     C = check_num_classes(num_classes)
     D = check_dim(dim, C)
     snr, sigma = _check_snr(snr), _check_sigma(sigma)

@@ -5,7 +5,7 @@ Objective (mean cross-entropy plus an optional ridge on ``W``, never on ``b``):
     f(W, b) = (1/N) sum_i [logsumexp(W x_i + b) - (W x_i + b)_{y_i}] + (penalty/2) ||W||_F^2,
 
 ``W`` is ``C x D``; the intercept ``b`` (length ``C``) is fitted only with
-``fit_intercept=True`` and is zero otherwise (the model of PAPER.md section 5 has
+``fit_intercept=True`` and is zero otherwise (the model of docs/math.md#the-mlr-theorem has
 none). This is scikit-learn's ``LogisticRegression(C=1/(N * penalty),
 fit_intercept=...)`` objective divided by ``N C_sklearn``; ``penalty=0`` is its
 ``C=inf``. Without a penalty the minimiser is defined up to ``W + 1 v^T`` (softmax

@@ -143,7 +143,7 @@ def test_cell_sums_without_materialising():
     np.testing.assert_allclose(cells.sq_norms, ref_q, rtol=1e-13)
     np.testing.assert_array_equal(cells.counts, np.bincount(data.labels, minlength=C))
     np.testing.assert_allclose(weights.sum(), data.num_samples, rtol=1e-14)
-    # the four-part split of PAPER.md section 3 from these sums and the operator is exact
+    # the four-part split of docs/math.md#three-index-decomposition from these sums and the operator is exact
     N, P = data.num_samples, weights
     cell = sums / P[..., None]
     off = ~np.eye(C, dtype=bool)

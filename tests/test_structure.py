@@ -16,7 +16,7 @@ from theory.structure import (
 
 
 def dense_cross_class(v, labels, probs, weighted):
-    """PAPER.md section 3 written out cell by cell with dense P x P matrices."""
+    """docs/math.md#three-index-decomposition written out cell by cell with dense P x P matrices."""
     N, C, P = v.shape
     y, w = (v, probs) if weighted else (np.sqrt(probs)[:, :, None] * v, np.ones_like(probs))
     total = np.einsum("ik,ikp,ikq->pq", w, y, y) / N

@@ -117,7 +117,7 @@ def identity_sum(p: sp.Matrix) -> sp.Matrix:
 
 def check_identity(num_classes: int, rhs: Callable[[sp.Matrix], sp.Matrix] = identity_sum) -> SymbolicCheck:
     """The Hessian of the cross-entropy in the logits equals ``diag(p) - p p^T`` and
-    ``rhs(p)`` (default the identity of PAPER.md section 1), for general ``p``."""
+    ``rhs(p)`` (default the identity of docs/math.md#notation), for general ``p``."""
     C, _ = _check_sizes(num_classes, None)
     start = time.perf_counter()
     p = probability_symbols(C)
