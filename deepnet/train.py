@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from theory.figures import new_figure
 from theory.progress import progress
 from theory.runs import RunFolder
 
@@ -464,12 +465,7 @@ def lr_sweep(
 
 
 def _curves_figure(result: TrainResult) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_err) = new_figure(1, 2, figsize=(10, 3.8))
     for ax, key, label in ((ax_loss, "loss", "cross-entropy"), (ax_err, "error", "error")):
         ax.plot(result.epoch, getattr(result, f"train_{key}"), label="train (subset)")
         ax.plot(result.epoch, getattr(result, f"test_{key}"), label="test")
@@ -485,12 +481,7 @@ def _curves_figure(result: TrainResult) -> Any:
 
 
 def _sweep_figure(sweep: SweepResult) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     ax.semilogx(sweep.lrs, sweep.final_test_error, "o-", label="test")
     ax.semilogx(sweep.lrs, sweep.final_train_error, "s--", label="train")
     ax.axvline(sweep.best_lr, color="0.6", ls=":")

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import Dataset, as_generator, check_dim, check_num_classes, check_positive_int, seed_record, spawn_generators
+from theory.checks import check_dim, check_int, check_num_classes
+
+from .dataset import Dataset, as_generator, seed_record, spawn_generators
 
 __all__ = [
     "GaussianMixture",
@@ -130,14 +132,14 @@ class GaussianMixture:
 
     def sample(self, n_per_class: int, seed: Any) -> Dataset:
         """``n_per_class`` examples of every class, in class order (labels ``0..0, 1..1, ...``)."""
-        n = check_positive_int(n_per_class, "n_per_class")
+        n = check_int("n_per_class", n_per_class, 1)
         return self._draw(n, as_generator(seed), {"seed": seed_record(seed)})
 
     def train_test(self, n_train: int, n_test: int, seed: Any) -> tuple[Dataset, Dataset]:
         """A training set and a fresh test set (``n_train``, ``n_test`` per class) from two
         independent streams spawned from ``seed``."""
-        n_train = check_positive_int(n_train, "n_train")
-        n_test = check_positive_int(n_test, "n_test")
+        n_train = check_int("n_train", n_train, 1)
+        n_test = check_int("n_test", n_test, 1)
         streams = spawn_generators(seed, 2)
         record = seed_record(seed)
         return (

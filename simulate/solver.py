@@ -39,8 +39,10 @@ from typing import Any
 import numba
 import numpy as np
 
+from theory.checks import check_int, check_num_classes
+
 from . import kernels
-from .dataset import check_features, check_labels, check_num_classes, check_positive_int
+from .dataset import check_features, check_labels
 
 __all__ = [
     "MLRFit",
@@ -272,8 +274,8 @@ def _check_settings(penalty: Any, tol: Any, max_iter: Any, max_cg: Any) -> tuple
     tol_f = float(tol)
     if not np.isfinite(tol_f) or tol_f <= 0:
         raise ValueError(f"tol: expected a finite number > 0, got {tol!r}")
-    max_iter_i = check_positive_int(max_iter, "max_iter")
-    max_cg_i = check_positive_int(max_cg, "max_cg")
+    max_iter_i = check_int("max_iter", max_iter, 1)
+    max_cg_i = check_int("max_cg", max_cg, 1)
     return penalty_f, tol_f, max_iter_i, max_cg_i
 
 

@@ -264,7 +264,7 @@ def test_bad_inputs_are_named():
         EmpiricalRisk(model, iter([(X, Y)]))
     with pytest.raises(ValueError, match="batch_size: only for data given as tensors"):
         EmpiricalRisk(model, [(X, Y)], batch_size=4)
-    with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1"):
         EmpiricalRisk(model, (X, Y), batch_size=0)
     with pytest.raises(ValueError, match=r"params: 'fc9' is neither a parameter nor a module.*fc1.weight"):
         EmpiricalRisk(model, (X, Y), params=["fc9"])
@@ -275,7 +275,7 @@ def test_bad_inputs_are_named():
     risk = EmpiricalRisk(model, (X, Y))
     with pytest.raises(ValueError, match="method: expected one of"):
         HessianOperator(risk, method="finite-differences")
-    with pytest.raises(ValueError, match="max_columns: expected a positive integer"):
+    with pytest.raises(ValueError, match="max_columns: expected an integer >= 1"):
         GaussNewtonOperator(risk, max_columns=0)
     with pytest.raises(ValueError, match=r"operator: expected one of \('hessian', 'G', 'E'\)"):
         curvature_operator("fisher", risk)

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from .figures import new_figure
 from .operators import SymmetricOperator, as_operator, check_symmetric
 from .runs import RunFolder
 from .spectral import (
@@ -331,12 +332,10 @@ class AttributionReport:
         style), separated eigenvalues marked as ticks and the threshold as a dashed
         line; the x range is the support of ``A`` (zero eigenvalues of projection
         knockouts, at ``log10(eps)``, may fall outside it)."""
-        import matplotlib.pyplot as plt
-
         n = len(self.spectra)
         cols = min(columns, n)
         rows = math.ceil(n / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+        fig, axes = new_figure(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
         base = self.spectra[0]
         eps = base.log_density.eps
         y_thr = math.log10(abs(self.edge.threshold) + eps)

@@ -26,13 +26,13 @@ import scipy.sparse.linalg
 import torch
 
 __all__ = [
-    "SymmetricOperator",
-    "DenseOperator",
     "CallableOperator",
-    "ScipyOperator",
+    "DenseOperator",
     "LinearCombination",
     "LowRankUpdate",
     "ProjectedOperator",
+    "ScipyOperator",
+    "SymmetricOperator",
     "as_operator",
     "check_symmetric",
     "orthonormal_basis",
@@ -132,7 +132,7 @@ class SymmetricOperator(abc.ABC):
         """``(A V, s)`` for ``V`` of shape ``(p, k)``: ``s`` (length ``k``) sums the
         column norms of the terms of a composite (``|B v| + |U diag(s) U^T v|`` for a
         low-rank update of ``B``), the scale against which round-off is judged."""
-        V, vector = self._block(V)
+        V, _ = self._block(V)
         out, scale = self._product(V)
         return self._fresh(out, V), scale
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .figures import new_figure
 from .operators import as_operator
 from .runs import RunFolder
 from .spectral import DeflatedDensity, SpectralDensity, bulk_density, gaussian_smooth, spectral_density, top_eigenpairs
@@ -98,12 +99,7 @@ def run_synthetic_check(size: int = 2000, num_steps: int = 128, num_repeats: int
 def plot_synthetic_check(check: SyntheticCheck, exact: np.ndarray):
     """Two panels on a log density axis: the full density with the histogram of
     exact eigenvalues, and the deflated bulk with the outliers as point masses."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    fig, axes = new_figure(1, 2, figsize=(12, 4.2), sharey=True)
     k = len(check.outliers_exact)
     d, b = check.density, check.deflated.bulk
     bins = np.linspace(min(d.grid[0], 0.0), d.grid[-1], 120)
