@@ -29,13 +29,7 @@ TINY = TrainConfig(dataset="mnist-5k", per_class=12, model="mlp", model_kwargs={
                    epochs=4, lr=0.05, batch_size=32, seed=5, data_seed=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: faster than two on a shared 2-core machine, and the same numbers on any core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def states_equal(a, b):
