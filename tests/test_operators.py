@@ -143,18 +143,26 @@ def test_products_are_new_tensors_that_leave_the_input_unchanged(M, V):
 
 
 def test_symmetry_probe_judges_round_off_against_the_operator_scale():
-    """``R = U U^T`` (U of shape (300, 4)) deflated by its own top eigenpairs has
-    products of round-off size; it is symmetric and must pass, while a genuinely
-    non-symmetric operator, deflated the same way, is refused."""
+    """``R = U U^T`` (U of shape (300, 4)) deflated by its own top eigenpairs, or
+    projected onto their complement, has products of round-off size; it is symmetric
+    and must pass, while a genuinely non-symmetric operator, deflated or projected
+    the same way, is refused."""
     U = torch.randn(300, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     R = U @ U.T
     values, vectors = torch.linalg.eigh(R)
     deflated = as_operator(R).low_rank_update(vectors[:, -4:], -values[-4:])
     assert float(deflated.matmat(torch.ones(300, 1)).norm()) < 1e-10 * float(R.norm())
     assert check_symmetric(deflated) < 1e-12
+    projected = as_operator(R).project_out(vectors[:, -4:])  # the operator of bulk_density(R, top 4)
+    assert float(projected.matmat(torch.ones(300, 1)).norm()) < 1e-10 * float(R.norm())
+    assert check_symmetric(projected) < 1e-12
     assert check_symmetric(as_operator(R.float()).low_rank_update(vectors[:, -4:].float(), -values[-4:].float())) < 1e-5
     skew = torch.randn(300, 300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     skew = 1e-3 * float(R.norm()) / float(skew.norm()) * (skew - skew.T)
-    for op in (as_operator(R + skew), as_operator(R + skew).low_rank_update(vectors[:, -4:], -values[-4:])):
+    for op in (
+        as_operator(R + skew),
+        as_operator(R + skew).low_rank_update(vectors[:, -4:], -values[-4:]),
+        as_operator(R + skew).project_out(vectors[:, -4:]),
+    ):
         with pytest.raises(ValueError, match="not symmetric"):
             check_symmetric(op)

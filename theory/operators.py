@@ -352,8 +352,13 @@ class ProjectedOperator(SymmetricOperator):
         return V - self.Q @ (self.Q.T @ V)
 
     def _product(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, scale = self.base.matmat_with_scale(self._project(V))
-        return self._project(out), scale
+        """The scale adds that of ``A v`` to that of ``A (I - Q Q^T) v``: when ``range(Q)``
+        holds all of ``A``, the second is round-off of size ``eps |A| |v|`` and only the
+        first shows the operator's scale (one product of ``2k`` columns, used by
+        :func:`check_symmetric` only)."""
+        k = V.shape[1]
+        both, scales = self.base.matmat_with_scale(torch.cat([self._project(V), V], dim=1))
+        return self._project(both[:, :k]), scales[:k] + scales[k:]
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._product(V)[0]
