@@ -6,7 +6,7 @@ gzipped, and the CIFAR python pickles through an unpickler that admits numpy
 arrays only), so the usual torchvision folder layouts and flat folders of the
 original files (such as Debian's ``/usr/share/datasets/fashion-mnist``) both work.
 
-Conventions (the paper's, PAPER.md section 9):
+Conventions (the paper's, docs/math.md#experiments):
 
 * pixels are scaled to [0, 1] and each channel standardised,
   ``x = (u / 255 - mean_c) / std_c``, with ``mean_c`` and ``std_c`` of the whole
@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from theory.checks import check_int
 
 try:  # numpy >= 2 (numpy.core is a deprecated alias there)
     from numpy._core import multiarray as _multiarray
@@ -331,8 +333,7 @@ def balanced_indices(labels: np.ndarray, per_class: int, seed: int, num_classes:
     its indices drawn from ``torch.Generator().manual_seed(seed)`` (classes in
     order), so a smaller subset of the same seed is contained in a larger one.
     """
-    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
-        raise ValueError(f"per_class: expected a positive integer (an empty subset has nothing to train on), got {per_class!r}")
+    per_class = check_int("per_class", per_class, 1, what="(an empty subset has nothing to train on)")
     labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=num_classes)
     if counts.min() < per_class:
@@ -455,8 +456,7 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     A last batch of a single item is merged into the one before (batch norm in
     training mode needs two examples), so no item is ever left out.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     starts = list(range(0, n, batch_size))
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()

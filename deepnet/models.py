@@ -1,4 +1,4 @@
-"""The papers' networks (PAPER.md section 9) for inputs of any channel count and size.
+"""The papers' networks (docs/math.md#experiments) for inputs of any channel count and size.
 
 * :class:`MLP`: ``depth`` hidden layers of ``width`` units, each Linear -> BatchNorm
   -> ReLU (the paper: 8 x 2048), then a Linear layer to the C logits.
@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from theory.checks import check_int
+
 __all__ = ["MLP", "VGG11", "ResNet18", "MODELS", "build_model", "VGG11_CONFIG"]
 
 VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -35,12 +37,6 @@ def _check_in_shape(in_shape: Sequence[int], *, image: bool) -> tuple[int, ...]:
         expected = "(channels, height, width)" if image else "a tuple of positive sizes"
         raise ValueError(f"in_shape: expected {expected} of positive integers, got {in_shape!r}")
     return shape
-
-
-def _check_positive(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class MLP(nn.Module):
@@ -60,9 +56,9 @@ class MLP(nn.Module):
     ):
         super().__init__()
         shape = _check_in_shape(in_shape, image=False)
-        _check_positive("num_classes", num_classes, 2)
-        _check_positive("depth", depth, 0)
-        _check_positive("width", width)
+        check_int("num_classes", num_classes, 2)
+        check_int("depth", depth, 0)
+        check_int("width", width, 1)
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = int(torch.Size(shape).numel())
         for _ in range(depth):
@@ -76,7 +72,7 @@ class MLP(nn.Module):
 
 
 class VGG11(nn.Module):
-    """VGG11 with batch norm (PAPER.md section 9): conv3x3 -> BN -> ReLU blocks of
+    """VGG11 with batch norm (docs/math.md#experiments): conv3x3 -> BN -> ReLU blocks of
     :data:`VGG11_CONFIG` (widths scaled by ``width / 64``), then
     ``Linear(512, hidden) -> BN -> ReLU -> Linear(hidden, hidden) -> BN -> ReLU ->
     Linear(hidden, C)``.
@@ -97,10 +93,10 @@ class VGG11(nn.Module):
     ):
         super().__init__()
         channels, height, wide = _check_in_shape(in_shape, image=True)
-        _check_positive("num_classes", num_classes, 2)
-        _check_positive("width", width)
-        _check_positive("hidden", hidden)
-        self.pad_to = _check_positive("pad_to", pad_to, 32)
+        check_int("num_classes", num_classes, 2)
+        check_int("width", width, 1)
+        check_int("hidden", hidden, 1)
+        self.pad_to = check_int("pad_to", pad_to, 32)
         layers: list[nn.Module] = []
         for item in VGG11_CONFIG:
             if item == "M":
@@ -157,8 +153,8 @@ class ResNet18(nn.Module):
     def __init__(self, in_shape: Sequence[int], num_classes: int, width: int = 64):
         super().__init__()
         channels = _check_in_shape(in_shape, image=True)[0]
-        _check_positive("num_classes", num_classes, 2)
-        _check_positive("width", width)
+        check_int("num_classes", num_classes, 2)
+        check_int("width", width, 1)
         self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         blocks: list[nn.Module] = []
         in_channels = width

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
 
+from theory.checks import check_int
 from theory.operators import SymmetricOperator
 
 __all__ = [
@@ -120,12 +121,6 @@ def _preview(names: Sequence[str], limit: int = 12) -> str:
     return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return value
-
-
 class EmpiricalRisk:
     """``L(theta) = (1/N) sum_i CE(f(x_i; theta), y_i)`` of ``model`` over a data set.
 
@@ -187,7 +182,7 @@ class EmpiricalRisk:
                     f"data: expected inputs X (N, ...) and labels Y (N,), got shapes {tuple(X.shape)} and {tuple(Y.shape)}"
                 )
             self._tensors: tuple[torch.Tensor, torch.Tensor] | None = (X, Y)
-            self.batch_size = _positive_int("batch_size", 1000 if batch_size is None else batch_size)
+            self.batch_size = check_int("batch_size", 1000 if batch_size is None else batch_size, 1)
             self._batches = None
         else:
             if batch_size is not None:
@@ -221,7 +216,7 @@ class EmpiricalRisk:
     def _validate(self, num_classes: int | None) -> tuple[int, int]:
         """One pass over the labels (and one forward of the first batch): ``(N, C)``."""
         if num_classes is not None:
-            _positive_int("num_classes", num_classes)
+            check_int("num_classes", num_classes, 1)
         count, low, high, width = 0, None, None, None
         for i, (x, y) in enumerate(self._raw_batches()):
             if not torch.is_tensor(x) or not torch.is_tensor(y):
@@ -340,7 +335,7 @@ class CurvatureOperator(SymmetricOperator):
             raise TypeError(f"risk: expected an EmpiricalRisk, got {type(risk).__name__}")
         super().__init__(risk.size, risk.dtype, risk.device)
         self.risk = risk
-        self.max_columns = _positive_int("max_columns", max_columns)
+        self.max_columns = check_int("max_columns", max_columns, 1)
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         Vt = V.T.contiguous()  # (k, P): each column a contiguous row

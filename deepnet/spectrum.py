@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from theory.figures import new_figure
 from theory.runs import RunFolder
 from theory.spectral import DeflatedDensity, Eigenpairs, bulk_densities, top_eigenpairs
 
@@ -161,10 +162,7 @@ def spectra_figure(spectra: Spectra, title: str = "") -> Any:
     """Two panels: the deflated bulk densities (times their weight ``(P-k)/P``) on a
     linear axis (log-scale density) and on ``log10(|lambda| + eps)``, outliers as
     markers along the top; one colour per operator."""
-    from matplotlib.figure import Figure  # no pyplot: no backend or global state touched
-
-    fig = Figure(figsize=(12, 4.2))
-    axes = fig.subplots(1, 2)
+    fig, axes = new_figure(1, 2, figsize=(12, 4.2))
     for s in spectra.spectra:
         style, label = STYLES[s.operator], LABELS[s.operator]
         for ax, part, log in ((axes[0], s.density, False), (axes[1], s.log_density, True)):

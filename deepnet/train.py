@@ -1,4 +1,4 @@
-"""Training with the papers' protocol (PAPER.md section 9), resumable and deterministic.
+"""Training with the papers' protocol (docs/math.md#experiments), resumable and deterministic.
 
 SGD with momentum 0.9 and weight decay 5e-4 on the mean cross-entropy of
 batches of 128, the learning rate divided by 10 at 1/3 and 2/3 of the epochs;
@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from theory.checks import check_int, check_real
+from theory.figures import new_figure
 from theory.progress import progress
 from theory.runs import RunFolder
 
@@ -96,17 +98,6 @@ class TrainConfig:
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
-        def positive_int(name: str, value: Any) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-
-        def finite(name: str, value: Any, low: float, high: float, *, open_low: bool = False) -> None:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            ok = ok and (value > low if open_low else value >= low) and value <= high
-            interval = f"{'(' if open_low else '['}{low}, {high}]"
-            if not ok:
-                raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
-
         object.__setattr__(self, "dataset", canonical_name(self.dataset))
         model = self.model.lower() if isinstance(self.model, str) else self.model
         if model not in MODELS:
@@ -118,19 +109,18 @@ class TrainConfig:
         if self.root is not None:
             object.__setattr__(self, "root", str(Path(self.root).expanduser().absolute()))
         if self.per_class is not None:
-            positive_int("per_class", self.per_class)
+            check_int("per_class", self.per_class, 1)
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), 1)
         for name in ("seed", "data_seed"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
-                raise ValueError(f"{name}: expected an integer, got {getattr(self, name)!r}")
-        finite("lr", self.lr, 0.0, math.inf, open_low=True)
-        finite("momentum", self.momentum, 0.0, 0.999999)
-        finite("weight_decay", self.weight_decay, 0.0, math.inf)
-        finite("lr_decay", self.lr_decay, 0.0, 1.0, open_low=True)
+            check_int(name, getattr(self, name))
+        check_real("lr", self.lr, 0.0, low_open=True)
+        check_real("momentum", self.momentum, 0.0, 0.999999)
+        check_real("weight_decay", self.weight_decay, 0.0)
+        check_real("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
         milestones = tuple(self.lr_milestones)
         for f in milestones:
-            finite("lr_milestones", f, 0.0, 1.0, open_low=True)
+            check_real("lr_milestones", f, 0.0, 1.0, low_open=True)
         if list(milestones) != sorted(milestones):
             raise ValueError(f"lr_milestones: expected increasing fractions of the epochs, got {milestones!r}")
         object.__setattr__(self, "lr_milestones", milestones)
@@ -311,8 +301,8 @@ def train(
     ``stop_after``: run at most this many epochs in this call (a later call
     resumes). ``deterministic``: see :func:`deterministic_mode`.
     """
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
-        raise ValueError(f"stop_after: expected a non-negative integer or None, got {stop_after!r}")
+    if stop_after is not None:
+        check_int("stop_after", stop_after, 0, what="or None")
     device = resolve_device(device)
     checkpoint_path = Path(out) / CHECKPOINT
     saved = None
@@ -433,8 +423,7 @@ def lr_sweep(
     """Train ``config`` with ``num`` learning rates log-spaced in [low, high] (the
     paper: 100 in [1e-4, 0.25]), each for ``epochs`` (default ``config.epochs``), in
     ``out/lr-XX``; pick the rate by final test error. ``train_kwargs`` go to :func:`train`."""
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num: expected a positive integer, got {num!r}")
+    check_int("num", num, 1)
     if not (0 < low <= high and math.isfinite(high)):
         raise ValueError(f"low, high: expected 0 < low <= high < inf, got {low!r}, {high!r}")
     lrs = np.geomspace(low, high, num) if num > 1 else np.array([low])
@@ -464,12 +453,7 @@ def lr_sweep(
 
 
 def _curves_figure(result: TrainResult) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_err) = new_figure(1, 2, figsize=(10, 3.8))
     for ax, key, label in ((ax_loss, "loss", "cross-entropy"), (ax_err, "error", "error")):
         ax.plot(result.epoch, getattr(result, f"train_{key}"), label="train (subset)")
         ax.plot(result.epoch, getattr(result, f"test_{key}"), label="test")
@@ -485,12 +469,7 @@ def _curves_figure(result: TrainResult) -> Any:
 
 
 def _sweep_figure(sweep: SweepResult) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     ax.semilogx(sweep.lrs, sweep.final_test_error, "o-", label="test")
     ax.semilogx(sweep.lrs, sweep.final_train_error, "s--", label="train")
     ax.axvline(sweep.best_lr, color="0.6", ls=":")

@@ -17,14 +17,17 @@ import os
 import sys
 from typing import Any
 
+from theory.checks import check_int
+
 __all__ = ["build_parser", "main"]
 
 
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return n
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option in its message)."""
+    try:
+        return check_int("value", int(text), 1)
+    except ValueError as err:  # not an integer, or below 1
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from err
 
 
 def _values(value: Any) -> str:

@@ -7,38 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from theory.checks import check_num_classes
+
 __all__ = [
     "Dataset",
     "as_generator",
     "spawn_generators",
     "seed_record",
-    "check_num_classes",
-    "check_positive_int",
-    "check_dim",
     "check_features",
     "check_labels",
 ]
-
-
-def check_num_classes(num_classes: Any) -> int:
-    """``num_classes`` as an int ``C >= 2``."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
-    return int(num_classes)
-
-
-def check_dim(dim: Any, num_classes: int) -> int:
-    """``dim`` as an int ``D >= C`` (the generators' models need at least one axis per class)."""
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < num_classes:
-        raise ValueError(f"dim: expected an integer >= num_classes={num_classes}, got {dim!r}")
-    return int(dim)
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """``value`` as an int ``>= 1``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
 
 
 def check_features(X: Any, name: str = "X") -> np.ndarray:
@@ -126,7 +104,3 @@ class Dataset:
     @property
     def dim(self) -> int:
         return self.X.shape[1]
-
-    def class_counts(self) -> np.ndarray:
-        """Examples per class (C,)."""
-        return np.bincount(self.labels, minlength=self.num_classes)

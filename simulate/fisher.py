@@ -1,6 +1,6 @@
 """The empirical Fisher of multinomial logistic regression and its extended gradients.
 
-Parameter ordering (as in PAPER.md's Lemma 8.1 and ``theory.mlr``): ``vec(W)`` lists
+Parameter ordering (as in Lemma 8.1 of Papyan 2020 and ``theory.mlr``; docs/math.md#parameter-order): ``vec(W)`` lists
 ``W`` (C x D) in ``D`` blocks of size ``C``, entry ``W[c, d]`` at index ``d*C + c``
 (``vec(W) = W.T.reshape(-1)``). With ``p_i = softmax(W x_i + b)`` and
 ``A(p) = diag(p) - p p^T``,
@@ -13,7 +13,7 @@ cross-class ``c'`` is the gradient of its loss as if its label were ``c'``,
 
     g_{i,c'} = x_i (x) (p_i - e_{c'})                          (length DC),
 
-and ``G = sum_{i,c'} (p_{i,c'}/N) g_{i,c'} g_{i,c'}^T`` (PAPER.md section 2).
+and ``G = sum_{i,c'} (p_{i,c'}/N) g_{i,c'} g_{i,c'}^T`` (docs/math.md#the-matrices-h-g-and-e).
 
 * :func:`mlr_fisher` -- ``G`` as a :class:`theory.operators.SymmetricOperator`,
   matrix-free: for a block ``V`` (CD x k) each column is a ``C x D`` matrix ``M``
@@ -21,7 +21,7 @@ and ``G = sum_{i,c'} (p_{i,c'}/N) g_{i,c'} g_{i,c'}^T`` (PAPER.md section 2).
 * :func:`mlr_fisher_dense` -- ``G`` as a dense matrix (small sizes).
 * :func:`mlr_extended_gradients` -- the extended gradients in factored form
   ``(x_i, p_i)``: streamed as ``N_b x C x DC`` batches for the class/cross-class
-  decompositions, or reduced to their ``C x C`` cell sums without forming them.
+  decompositions.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from theory.checks import check_int, check_num_classes
 from theory.operators import SymmetricOperator, torch_dtype
 
 from . import kernels
-from .dataset import check_features, check_labels, check_num_classes, check_positive_int
+from .dataset import check_features, check_labels
 from .solver import mlr_probabilities
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "mlr_fisher_dense",
     "ExtendedGradients",
     "ExtendedGradientBatch",
-    "CellSums",
     "mlr_extended_gradients",
 ]
 
@@ -183,20 +183,6 @@ class ExtendedGradientBatch(NamedTuple):
 
 
 @dataclass(frozen=True)
-class CellSums:
-    """Per-cell sums of the weighted extended gradients, for cells ``(c, c')`` (class, cross-class):
-    ``sums[c, c'] = sum_{i in c} p_{i,c'} g_{i,c'}`` (C x C x DC), ``weights[c, c'] = P_{c,c'} =
-    sum_{i in c} p_{i,c'}`` (C x C), ``sq_norms[c, c'] = sum_{i in c} p_{i,c'} |g_{i,c'}|^2`` (C x C)
-    and ``counts[c] = n_c`` (C,). Cross-class means are ``sums / weights[..., None]``; with the
-    Fisher operator these determine every part of the decomposition of ``G``."""
-
-    sums: np.ndarray
-    weights: np.ndarray
-    sq_norms: np.ndarray
-    counts: np.ndarray
-
-
-@dataclass(frozen=True)
 class ExtendedGradients:
     """Extended gradients of MLR in factored form: ``g_{i,c'} = x_i (x) (p_i - e_{c'})`` is held
     as ``X`` (N x D), ``probs`` (N x C) and the classes ``labels`` (N,); nothing of size
@@ -220,7 +206,7 @@ class ExtendedGradients:
         self, batch_size: int = 256, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
     ) -> Iterator[ExtendedGradientBatch]:
         """Yield ``ExtendedGradientBatch`` es of at most ``batch_size`` examples, in order."""
-        batch_size = check_positive_int(batch_size, "batch_size")
+        batch_size = check_int("batch_size", batch_size, 1)
         dtype = torch_dtype(dtype)
         C, D = self.num_classes, self.X.shape[1]
         eye = torch.eye(C, dtype=dtype, device=device)
@@ -231,33 +217,6 @@ class ExtendedGradients:
             v = (X[:, None, :, None] * E[:, :, None, :]).reshape(X.shape[0], C, D * C)
             y = torch.as_tensor(self.labels[start : start + batch_size]).to(device=device)
             yield ExtendedGradientBatch(v, y, P)
-
-    def cell_sums(self) -> CellSums:
-        """The per-cell running sums of the class/cross-class decomposition (PAPER.md section 3),
-        computed from the factors without forming any ``g`` (see :class:`CellSums`).
-
-        ``sums[c, c']`` is ``vec`` (index ``d*C + f``) of the D x C matrix
-        ``sum_{i in c} p_{i,c'} x_i (p_i - e_{c'})^T = X_c^T diag(P_c[:, c']) P_c - (X_c^T P_c[:, c']) e_{c'}^T``,
-        and ``|x (x) r|^2 = |x|^2 |r|^2`` gives the squared norms.
-        """
-        C, D = self.num_classes, self.X.shape[1]
-        sums = np.zeros((C, C, D, C))
-        weights = np.zeros((C, C))
-        sq_norms = np.zeros((C, C))
-        eye = np.eye(C)
-        for c in range(C):
-            Xc, Pc = self.X[self.labels == c], self.probs[self.labels == c]
-            if Xc.shape[0] == 0:
-                continue
-            weights[c] = Pc.sum(0)
-            outer = (Pc[:, :, None] * Pc[:, None, :]).reshape(-1, C * C)  # [i, c'*C + f] = p_ic' p_if
-            sums[c] = (Xc.T @ outer).reshape(D, C, C).transpose(1, 0, 2)  # [c', d, f]
-            XP = Xc.T @ Pc  # [d, c'] = sum_i x_id p_ic'
-            sums[c, np.arange(C), :, np.arange(C)] -= XP.T
-            r2 = ((Pc[:, None, :] - eye) ** 2).sum(-1)  # [i, c'] = |p_i - e_c'|^2
-            sq_norms[c] = (Pc * r2 * (Xc**2).sum(1)[:, None]).sum(0)
-        counts = np.bincount(self.labels, minlength=C)
-        return CellSums(sums.reshape(C, C, D * C), weights, sq_norms, counts)
 
     def fisher(self, **operator_kwargs: Any) -> MLRFisher:
         """``G = sum_{i,c'} (p_{i,c'}/N) g_{i,c'} g_{i,c'}^T`` as an operator (see :class:`MLRFisher`)."""

@@ -1,7 +1,7 @@
 """Gaussian mixtures with balanced classes: ``x = mu_c + sigma L z``, ``z ~ N(0, I_r)``.
 
 The means ``mu_c`` (rows of a ``C x D`` matrix) have norm ``t = sigma sqrt(snr)``,
-so ``snr = t^2 / sigma^2`` is the signal-to-noise ratio of PAPER.md section 5 when
+so ``snr = t^2 / sigma^2`` is the signal-to-noise ratio of docs/math.md#the-mlr-theorem when
 the noise is white (``L = I``). Three layouts of the means:
 
 * canonical: ``mu_c = t e_c`` (the model of Lemma 8.1 / Theorem 8.1);
@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import Dataset, as_generator, check_dim, check_num_classes, check_positive_int, seed_record, spawn_generators
+from theory.checks import check_dim, check_int, check_num_classes
+
+from .dataset import Dataset, as_generator, seed_record, spawn_generators
 
 __all__ = [
     "GaussianMixture",
@@ -130,14 +132,14 @@ class GaussianMixture:
 
     def sample(self, n_per_class: int, seed: Any) -> Dataset:
         """``n_per_class`` examples of every class, in class order (labels ``0..0, 1..1, ...``)."""
-        n = check_positive_int(n_per_class, "n_per_class")
+        n = check_int("n_per_class", n_per_class, 1)
         return self._draw(n, as_generator(seed), {"seed": seed_record(seed)})
 
     def train_test(self, n_train: int, n_test: int, seed: Any) -> tuple[Dataset, Dataset]:
         """A training set and a fresh test set (``n_train``, ``n_test`` per class) from two
         independent streams spawned from ``seed``."""
-        n_train = check_positive_int(n_train, "n_train")
-        n_test = check_positive_int(n_test, "n_test")
+        n_train = check_int("n_train", n_train, 1)
+        n_test = check_int("n_test", n_test, 1)
         streams = spawn_generators(seed, 2)
         record = seed_record(seed)
         return (
@@ -173,7 +175,7 @@ def _mixture(kind: str, means: np.ndarray, snr: float, sigma: float, noise_cov: 
 def canonical_mixture(
     num_classes: int, dim: int, snr: float, *, sigma: float = 1.0, noise_cov: Any = None, noise_factor: Any = None
 ) -> GaussianMixture:
-    """The canonical model ``x = t e_c + sigma L z`` with ``t = sigma sqrt(snr)`` (PAPER.md section 5)."""
+    """The canonical model ``x = t e_c + sigma L z`` with ``t = sigma sqrt(snr)`` (Papyan 2020, Sec. 8; docs/math.md#the-mlr-theorem)."""
     C = check_num_classes(num_classes)
     D = check_dim(dim, C)
     snr, sigma = _check_snr(snr), _check_sigma(sigma)

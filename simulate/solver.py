@@ -5,7 +5,7 @@ Objective (mean cross-entropy plus an optional ridge on ``W``, never on ``b``):
     f(W, b) = (1/N) sum_i [logsumexp(W x_i + b) - (W x_i + b)_{y_i}] + (penalty/2) ||W||_F^2,
 
 ``W`` is ``C x D``; the intercept ``b`` (length ``C``) is fitted only with
-``fit_intercept=True`` and is zero otherwise (the model of PAPER.md section 5 has
+``fit_intercept=True`` and is zero otherwise (the model of docs/math.md#the-mlr-theorem has
 none). This is scikit-learn's ``LogisticRegression(C=1/(N * penalty),
 fit_intercept=...)`` objective divided by ``N C_sklearn``; ``penalty=0`` is its
 ``C=inf``. Without a penalty the minimiser is defined up to ``W + 1 v^T`` (softmax
@@ -39,8 +39,10 @@ from typing import Any
 import numba
 import numpy as np
 
+from theory.checks import check_int, check_num_classes
+
 from . import kernels
-from .dataset import check_features, check_labels, check_num_classes, check_positive_int
+from .dataset import check_features, check_labels
 
 __all__ = [
     "MLRFit",
@@ -272,8 +274,8 @@ def _check_settings(penalty: Any, tol: Any, max_iter: Any, max_cg: Any) -> tuple
     tol_f = float(tol)
     if not np.isfinite(tol_f) or tol_f <= 0:
         raise ValueError(f"tol: expected a finite number > 0, got {tol!r}")
-    max_iter_i = check_positive_int(max_iter, "max_iter")
-    max_cg_i = check_positive_int(max_cg, "max_cg")
+    max_iter_i = check_int("max_iter", max_iter, 1)
+    max_cg_i = check_int("max_cg", max_cg, 1)
     return penalty_f, tol_f, max_iter_i, max_cg_i
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import Dataset, as_generator, check_dim, check_num_classes, check_positive_int, seed_record, spawn_generators
+from theory.checks import check_dim, check_int, check_num_classes
+
+from .dataset import Dataset, as_generator, seed_record, spawn_generators
 from .mixtures import covariance_factor
 from .solver import mlr_probabilities
 
@@ -55,14 +57,14 @@ class LogisticTeacher:
 
     def sample(self, num_samples: int, seed: Any) -> Dataset:
         """``num_samples`` examples ``(x_i, y_i)`` drawn from ``seed``."""
-        N = check_positive_int(num_samples, "num_samples")
+        N = check_int("num_samples", num_samples, 1)
         return self._draw(N, as_generator(seed), {"seed": seed_record(seed)})
 
     def train_test(self, n_train: int, n_test: int, seed: Any) -> tuple[Dataset, Dataset]:
         """A training set of ``n_train`` and a fresh test set of ``n_test`` examples from two
         independent streams spawned from ``seed``."""
-        n_train = check_positive_int(n_train, "n_train")
-        n_test = check_positive_int(n_test, "n_test")
+        n_train = check_int("n_train", n_train, 1)
+        n_test = check_int("n_test", n_test, 1)
         train_rng, test_rng = spawn_generators(seed, 2)
         record = seed_record(seed)
         return (

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from theory.figures import new_figure
 from theory.mlr import expected_fisher, symmetric_probabilities, theorem_eigenvalues
 from theory.progress import progress
 from theory.runs import RunFolder
@@ -222,13 +223,8 @@ def run_theorem_study(settings: TheoremSettings, show_progress: bool = True) -> 
 def plot_theorem_study(study: TheoremStudy):
     """Left: RMS relative error of the Monte Carlo Fisher vs ``n`` per class (log-log) with
     the fitted line and a slope ``-1/2`` reference; right: the dense-vs-theorem errors of the grid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     conv = study.convergence
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = new_figure(1, 2, figsize=(11, 4.2))
     ax = axes[0]
     n = conv.n_per_class.astype(float)
     for r in range(conv.errors.shape[1]):

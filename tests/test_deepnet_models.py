@@ -17,12 +17,7 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["mlp", "vgg11", "resnet18"])

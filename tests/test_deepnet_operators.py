@@ -3,7 +3,6 @@
 ``torch.func.jacrev``, for a small MLP and a small CNN with batch norm in eval mode."""
 
 import copy
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -21,83 +20,12 @@ from deepnet.operators import (
 )
 from theory.operators import check_symmetric
 
-N = 23  # not a multiple of any batch size used below
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention on shared machines)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _randomize_batch_norm(model: nn.Module, gen: torch.Generator) -> None:
-    """Non-trivial running statistics and affine parameters, as after training."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen, dtype=torch.float64) * 0.3)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen, dtype=torch.float64) + 0.5)
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=gen, dtype=torch.float64))
-                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen, dtype=torch.float64))
-
-
-def make_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = nn.Sequential(OrderedDict(
-        fc1=nn.Linear(5, 8), bn1=nn.BatchNorm1d(8), act1=nn.Tanh(),
-        fc2=nn.Linear(8, 6), act2=nn.Tanh(), drop=nn.Dropout(0.5), fc3=nn.Linear(6, 3),
-    )).double()
-    gen = torch.Generator().manual_seed(1)
-    _randomize_batch_norm(model, gen)
-    X = torch.randn(N, 5, generator=gen, dtype=torch.float64) * 1.5
-    Y = torch.randint(0, 3, (N,), generator=gen)
-    return model.eval(), X, Y
-
-
-def make_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 3, 3, padding=1), bn1=nn.BatchNorm2d(3), act1=nn.ReLU(inplace=True),
-        pool=nn.MaxPool2d(2), conv2=nn.Conv2d(3, 4, 3), bn2=nn.BatchNorm2d(4), act2=nn.Softplus(),
-        flat=nn.Flatten(), fc=nn.Linear(16, 4),
-    )).double()
-    gen = torch.Generator().manual_seed(2)
-    _randomize_batch_norm(model, gen)
-    X = torch.randn(N, 1, 8, 8, generator=gen, dtype=torch.float64)
-    Y = torch.randint(0, 4, (N,), generator=gen)
-    return model.eval(), X, Y
-
-
-MODELS = {"mlp": make_mlp, "cnn": make_cnn}
-
-
-def dense_references(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, names: list[str]):
-    """Dense H (torch.func.hessian of the mean loss), G = Ave J^T A(p) J (jacrev) and E = H - G."""
-    params = dict(model.named_parameters())
-    fixed = {n: p.detach() for n, p in params.items() if n not in names}
-    fixed.update(dict(model.named_buffers()))
-    shapes = [params[n].shape for n in names]
-    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
-
-    def logits(flat: torch.Tensor) -> torch.Tensor:
-        parts = flat.split([s.numel() for s in shapes])
-        theta = {n: t.view(s) for n, t, s in zip(names, parts, shapes)}
-        return torch.func.functional_call(model, {**fixed, **theta}, (X,))
-
-    H = torch.func.hessian(lambda f: F.cross_entropy(logits(f), Y))(flat0)
-    J = torch.func.jacrev(logits)(flat0)  # (N, C, P)
-    p = torch.softmax(logits(flat0), dim=-1)
-    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    G = torch.einsum("ncp,ncd,ndq->pq", J, A, J) / X.shape[0]
-    return H, G, H - G
-
-
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def problem(request):
-    model, X, Y = MODELS[request.param]()
+@pytest.fixture(scope="module", params=["cnn", "mlp"])
+def problem(request, dense_references):
+    model, X, Y = request.getfixturevalue(f"make_{request.param}")()
     names = [n for n, _ in model.named_parameters()]
     H, G, E = dense_references(model, X, Y, names)
     return request.param, model, X, Y, {"hessian": H, "G": G, "E": E}
@@ -152,12 +80,12 @@ def test_independent_of_batch_size_and_batch_layout(problem):
     V = torch.randn(P, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     uneven = [(X[:4], Y[:4]), (X[4:5], Y[4:5]), (X[5:], Y[5:]), (X[:0], Y[:0])]  # an empty batch is skipped
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=10)
-    sources = [dict(data=(X, Y), batch_size=b) for b in (1, 7, N, 1000)] + [dict(data=uneven), dict(data=loader)]
+    sources = [dict(data=(X, Y), batch_size=b) for b in (1, 7, X.shape[0], 1000)] + [dict(data=uneven), dict(data=loader)]
     for kind in ("hessian", "G", "E"):
         results = []
         for src in sources:
             risk = EmpiricalRisk(model, src["data"], batch_size=src.get("batch_size"))
-            assert risk.num_data == N
+            assert risk.num_data == X.shape[0]
             results.append(curvature_operator(kind, risk).matmat(V))
         for r in results[1:]:
             _close(r, results[0], rtol=1e-12)
@@ -211,7 +139,7 @@ def test_logits_probabilities_loss_and_gradient(problem):
     _close(grad, torch.cat([g.reshape(-1) for g in grads]), rtol=1e-13)
 
 
-def test_float64_copy_of_float32_model():
+def test_float64_copy_of_float32_model(make_mlp):
     model, X, Y = make_mlp()
     H64 = HessianOperator(EmpiricalRisk(model, (X, Y))).to_dense()
     model32 = model.float()
@@ -226,7 +154,7 @@ def test_float64_copy_of_float32_model():
     _close(op32.to_dense().double(), H64, rtol=1e-4)
 
 
-def test_model_in_training_mode_is_refused():
+def test_model_in_training_mode_is_refused(make_mlp):
     model, X, Y = make_mlp()
     model.train()
     with pytest.raises(ValueError, match=r"bn1 \(BatchNorm1d\) is in training mode.*deterministic function of the data.*model.eval\(\)"):
@@ -239,10 +167,10 @@ def test_model_in_training_mode_is_refused():
     with pytest.raises(ValueError, match="no running statistics"):
         EmpiricalRisk(no_stats, (X, Y))
     plain = nn.Sequential(nn.Linear(5, 3)).double().train()  # training mode changes nothing here
-    assert EmpiricalRisk(plain, (X, Y)).num_data == N
+    assert EmpiricalRisk(plain, (X, Y)).num_data == X.shape[0]
 
 
-def test_bad_inputs_are_named():
+def test_bad_inputs_are_named(make_mlp):
     model, X, Y = make_mlp()
     with pytest.raises(ValueError, match=r"labels: expected class indices in \[0, 3\).*to 3"):
         EmpiricalRisk(model, (X, torch.where(Y == 0, 3, Y)))
@@ -264,7 +192,7 @@ def test_bad_inputs_are_named():
         EmpiricalRisk(model, iter([(X, Y)]))
     with pytest.raises(ValueError, match="batch_size: only for data given as tensors"):
         EmpiricalRisk(model, [(X, Y)], batch_size=4)
-    with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1"):
         EmpiricalRisk(model, (X, Y), batch_size=0)
     with pytest.raises(ValueError, match=r"params: 'fc9' is neither a parameter nor a module.*fc1.weight"):
         EmpiricalRisk(model, (X, Y), params=["fc9"])
@@ -275,7 +203,7 @@ def test_bad_inputs_are_named():
     risk = EmpiricalRisk(model, (X, Y))
     with pytest.raises(ValueError, match="method: expected one of"):
         HessianOperator(risk, method="finite-differences")
-    with pytest.raises(ValueError, match="max_columns: expected a positive integer"):
+    with pytest.raises(ValueError, match="max_columns: expected an integer >= 1"):
         GaussNewtonOperator(risk, max_columns=0)
     with pytest.raises(ValueError, match=r"operator: expected one of \('hessian', 'G', 'E'\)"):
         curvature_operator("fisher", risk)
@@ -283,7 +211,7 @@ def test_bad_inputs_are_named():
         HessianOperator(risk).matmat(torch.zeros(risk.size + 1, 2))
 
 
-def test_spectral_core_runs_unchanged_on_the_operators():
+def test_spectral_core_runs_unchanged_on_the_operators(make_mlp, dense_references):
     from theory.spectral import top_eigenpairs
 
     model, X, Y = make_mlp()
@@ -295,7 +223,7 @@ def test_spectral_core_runs_unchanged_on_the_operators():
 
 
 @pytest.mark.gpu
-def test_float32_products_on_gpu_match_float64_cpu():
+def test_float32_products_on_gpu_match_float64_cpu(make_cnn):
     model, X, Y = make_cnn()
     V = torch.randn(sum(p.numel() for p in model.parameters()), 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     cpu = EmpiricalRisk(model, (X, Y), batch_size=8)
@@ -308,7 +236,7 @@ def test_float32_products_on_gpu_match_float64_cpu():
 
 
 @pytest.mark.parametrize("name", ["mlp", "vgg11", "resnet18"])
-def test_the_papers_networks_work_with_the_operators(name):
+def test_the_papers_networks_work_with_the_operators(name, randomize_batch_norm):
     """Tiny versions of the project's networks (BN everywhere, residual blocks, padding):
     both Hessian methods agree, H = G + E, and each operator is symmetric."""
     from deepnet.models import build_model
@@ -316,7 +244,7 @@ def test_the_papers_networks_work_with_the_operators(name):
     kwargs = {"mlp": dict(depth=2, width=6), "vgg11": dict(width=2, hidden=6), "resnet18": dict(width=2)}[name]
     torch.manual_seed(0)
     model = build_model(name, 3, (1, 8, 8), **kwargs).double()
-    _randomize_batch_norm(model, torch.Generator().manual_seed(7))
+    randomize_batch_norm(model, torch.Generator().manual_seed(7))
     model.eval()
     gen = torch.Generator().manual_seed(8)
     X = torch.randn(6, 1, 8, 8, generator=gen, dtype=torch.float64)

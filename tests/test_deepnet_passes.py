@@ -285,10 +285,10 @@ def test_bias_free_linear_model_matches_simulate_mlr():
     model = nn.Linear(D, C, bias=False).double().eval()
     W = model.weight.detach().clone()
     ext = mlr_extended_gradients(data.X, W.numpy(), data.labels)
-    cells = ext.cell_sums()
-    ref = CrossClassAccumulator.from_sums(
-        torch.as_tensor(cells.sums), cells.weights, cells.sq_norms, cells.counts
-    ).finalize(total=ext.fisher())
+    acc = CrossClassAccumulator(C)
+    for batch in ext.batches(4):
+        acc.update(*batch)
+    ref = acc.finalize(total=ext.fisher())
     perm = torch.tensor([d * C + c for c in range(C) for d in range(D)])  # deepnet index -> simulate index
     risk = EmpiricalRisk(model, (X, Y), batch_size=7)
     dec = decompose_gradients(risk, weighted=True)

@@ -5,22 +5,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from deepnet.__main__ import main
 from deepnet.spectrum import compute_spectra, spectra_report
-from test_deepnet_operators import dense_references, make_mlp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_compute_spectra_matches_dense_eigenvalues():
+def test_compute_spectra_matches_dense_eigenvalues(make_mlp, dense_references):
     model, X, Y = make_mlp()
     names = [n for n, _ in model.named_parameters()]
     dense = dict(zip(("hessian", "G", "E"), dense_references(model, X, Y, names)))
@@ -46,7 +38,7 @@ def test_compute_spectra_matches_dense_eigenvalues():
     assert "| Hessian |" in report and "| G |" in report and "| E |" in report
 
 
-def test_compute_spectra_per_layer_and_bad_settings():
+def test_compute_spectra_per_layer_and_bad_settings(make_mlp, dense_references):
     model, X, Y = make_mlp()
     spectra = compute_spectra(model, (X, Y), operators=["G"], params="fc2", num_outliers=2, num_steps=10, num_repeats=1, tol=1e-8)
     names = ["fc2.weight", "fc2.bias"]

@@ -29,13 +29,7 @@ TINY = TrainConfig(dataset="mnist-5k", per_class=12, model="mlp", model_kwargs={
                    epochs=4, lr=0.05, batch_size=32, seed=5, data_seed=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: faster than two on a shared 2-core machine, and the same numbers on any core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def states_equal(a, b):
@@ -139,13 +133,13 @@ def test_deterministic_mode_restores_the_settings():
 
 
 def test_bad_configurations_fail_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="lr: expected a number in \\(0.0, inf\\]"):
+    with pytest.raises(ValueError, match="lr: expected a finite number > 0"):
         TrainConfig(lr=0.0)
     with pytest.raises(ValueError, match="model: unknown name 'vgg19'"):
         TrainConfig(model="vgg19")
     with pytest.raises(ValueError, match="dataset: unknown name 'svhn'"):
         TrainConfig(dataset="svhn")
-    with pytest.raises(ValueError, match="per_class: expected a positive integer"):
+    with pytest.raises(ValueError, match="per_class: expected an integer >= 1"):
         TrainConfig(per_class=0)
     with pytest.raises(ValueError, match="lr_milestones: expected increasing"):
         TrainConfig(lr_milestones=(0.6, 0.3))
@@ -210,7 +204,7 @@ def test_command_line_dispatch_is_lazy_and_reports_missing_commands(monkeypatch,
     with pytest.raises(SystemExit) as info:
         cli.main(["train", "--lr", "-1", "--quiet"])
     assert info.value.code == 2
-    assert "python -m deepnet train: error: lr: expected a number in (0.0, inf], got -1.0" in capsys.readouterr().err
+    assert "python -m deepnet train: error: lr: expected a finite number > 0, got -1.0" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed ({DEBIAN_FASHION_MNIST})")

@@ -113,3 +113,56 @@ def test_bad_input_errors(M):
         CallableOperator(lambda X: X[:-1], 30).matmat(torch.zeros(30, 1))
     with pytest.raises(ValueError, match="max_size"):
         DenseOperator(torch.eye(4)).to_dense(max_size=3)
+
+
+def test_products_are_new_tensors_that_leave_the_input_unchanged(M, V):
+    """The contract: ``matmat`` returns a new tensor and never changes its input,
+    also for composites over a base operator whose product is its input."""
+    identity = CallableOperator(lambda X: X, 30)
+    U = torch.randn(30, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    s = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    eye = torch.eye(30, dtype=torch.float64)
+    cases = {
+        "identity": (identity, eye),
+        "low-rank update": (identity.low_rank_update(U, s), eye + U @ torch.diag(s) @ U.T),
+        "sum": (identity + as_operator(M), eye + M),
+        "scaling": (2.0 * identity, 2.0 * eye),
+        "projection": (identity.project_out(U), eye - orthonormal_basis(U) @ orthonormal_basis(U).T),
+        "update of an update": (identity.low_rank_update(U, s).low_rank_update(U, -s), eye),
+    }
+    for name, (op, dense) in cases.items():
+        for X in (V.clone(), V[:, 0].clone()):
+            before = X.clone()
+            out = op.matmat(X)
+            assert out.untyped_storage().data_ptr() != X.untyped_storage().data_ptr(), name
+            torch.testing.assert_close(X, before, rtol=0, atol=0, msg=name)
+            torch.testing.assert_close(out, dense @ X, rtol=1e-13, atol=1e-13, msg=name)
+        AV, scale = op.matmat_with_scale(V)
+        torch.testing.assert_close(AV, dense @ V, rtol=1e-13, atol=1e-13, msg=name)
+        assert scale.shape == (4,) and bool((scale >= (dense @ V).norm(dim=0) * (1 - 1e-12)).all()), name
+
+
+def test_symmetry_probe_judges_round_off_against_the_operator_scale():
+    """``R = U U^T`` (U of shape (300, 4)) deflated by its own top eigenpairs, or
+    projected onto their complement, has products of round-off size; it is symmetric
+    and must pass, while a genuinely non-symmetric operator, deflated or projected
+    the same way, is refused."""
+    U = torch.randn(300, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    R = U @ U.T
+    values, vectors = torch.linalg.eigh(R)
+    deflated = as_operator(R).low_rank_update(vectors[:, -4:], -values[-4:])
+    assert float(deflated.matmat(torch.ones(300, 1)).norm()) < 1e-10 * float(R.norm())
+    assert check_symmetric(deflated) < 1e-12
+    projected = as_operator(R).project_out(vectors[:, -4:])  # the operator of bulk_density(R, top 4)
+    assert float(projected.matmat(torch.ones(300, 1)).norm()) < 1e-10 * float(R.norm())
+    assert check_symmetric(projected) < 1e-12
+    assert check_symmetric(as_operator(R.float()).low_rank_update(vectors[:, -4:].float(), -values[-4:].float())) < 1e-5
+    skew = torch.randn(300, 300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    skew = 1e-3 * float(R.norm()) / float(skew.norm()) * (skew - skew.T)
+    for op in (
+        as_operator(R + skew),
+        as_operator(R + skew).low_rank_update(vectors[:, -4:], -values[-4:]),
+        as_operator(R + skew).project_out(vectors[:, -4:]),
+    ):
+        with pytest.raises(ValueError, match="not symmetric"):
+            check_symmetric(op)

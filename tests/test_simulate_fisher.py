@@ -125,43 +125,6 @@ def test_extended_gradients_are_the_gradients_for_every_label():
     assert (ext.fisher().to_dense() - G).abs().max().item() < 1e-15
 
 
-def test_cell_sums_without_materialising():
-    data, W, b = _model(n=15)
-    ext = mlr_extended_gradients(data.X, W, data.labels, b)
-    cells = ext.cell_sums()
-    sums, weights = cells.sums, cells.weights
-    assert sums.shape == (C, C, D * C) and weights.shape == (C, C)
-    ref_s, ref_w, ref_q = np.zeros_like(sums), np.zeros_like(weights), np.zeros_like(weights)
-    for v, labels, probs in ext.batches(batch_size=8):
-        for c in range(C):
-            rows = labels == c
-            ref_s[c] += torch.einsum("ia,iap->ap", probs[rows], v[rows]).numpy()
-            ref_w[c] += probs[rows].sum(0).numpy()
-            ref_q[c] += torch.einsum("ia,iap->a", probs[rows], v[rows] ** 2).numpy()
-    np.testing.assert_allclose(sums, ref_s, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(weights, ref_w, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(cells.sq_norms, ref_q, rtol=1e-13)
-    np.testing.assert_array_equal(cells.counts, np.bincount(data.labels, minlength=C))
-    np.testing.assert_allclose(weights.sum(), data.num_samples, rtol=1e-14)
-    # the four-part split of PAPER.md section 3 from these sums and the operator is exact
-    N, P = data.num_samples, weights
-    cell = sums / P[..., None]
-    off = ~np.eye(C, dtype=bool)
-    Pc = (P * off).sum(1)
-    cls = np.einsum("ca,cap->cp", P * off, cell) / Pc[:, None]
-    M_class = np.einsum("c,cp,cq->pq", Pc, cls, cls) / N
-    dev = cell - cls[:, None, :]
-    M_cross = np.einsum("ca,cap,caq->pq", P * off, dev, dev) / N
-    M_diag = np.einsum("c,cp,cq->pq", np.diag(P), cell[np.arange(C), np.arange(C)], cell[np.arange(C), np.arange(C)]) / N
-    M_within = np.zeros_like(M_class)
-    for v, labels, probs in ext.batches(batch_size=64):
-        dv = v.numpy() - cell[labels.numpy()]
-        M_within += np.einsum("ia,iap,iaq->pq", probs.numpy(), dv, dv) / N
-    G = ext.fisher().to_dense().numpy()
-    np.testing.assert_allclose(M_class + M_cross + M_within + M_diag, G, rtol=0, atol=1e-14)
-    np.testing.assert_allclose(cells.sq_norms.sum() / N, np.trace(G), rtol=1e-13)
-
-
 def test_streams_into_the_structure_decomposition():
     data, W, b = _model(n=15)
     ext = mlr_extended_gradients(data.X, W, data.labels, b)
@@ -170,9 +133,16 @@ def test_streams_into_the_structure_decomposition():
     for batch in ext.batches(batch_size=16):
         acc.update(*batch)
     dec = acc.finalize(total=G_op)  # within part = G - mean parts, no N x C x DC array anywhere
-    cells = ext.cell_sums()
-    np.testing.assert_allclose(dec.cell_weights, cells.weights, rtol=1e-13)
-    cross_means = torch.as_tensor(cells.sums / cells.weights[..., None])
+    # references from the extended gradients directly: P_{c,c'} = sum_{i in c} p_{i,c'} and
+    # v_{c,c'} = sum_{i in c} p_{i,c'} g_{i,c'} / P_{c,c'} (docs/math.md#three-index-decomposition)
+    sums, weights = torch.zeros(C, C, D * C, dtype=torch.float64), torch.zeros(C, C, dtype=torch.float64)
+    for v, labels, probs in ext.batches(batch_size=8):
+        for c in range(C):
+            rows = labels == c
+            sums[c] += torch.einsum("ia,iap->ap", probs[rows], v[rows])
+            weights[c] += probs[rows].sum(0)
+    np.testing.assert_allclose(dec.cell_weights, weights.numpy(), rtol=1e-13)
+    cross_means = sums / weights[..., None]
     assert (dec.cross_means.double() - cross_means).abs().max().item() < 1e-13
     G = G_op.to_dense()
     total = sum(part.as_operator().to_dense().double() for part in dec.parts.values())

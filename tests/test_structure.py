@@ -16,7 +16,7 @@ from theory.structure import (
 
 
 def dense_cross_class(v, labels, probs, weighted):
-    """PAPER.md section 3 written out cell by cell with dense P x P matrices."""
+    """docs/math.md#three-index-decomposition written out cell by cell with dense P x P matrices."""
     N, C, P = v.shape
     y, w = (v, probs) if weighted else (np.sqrt(probs)[:, :, None] * v, np.ones_like(probs))
     total = np.einsum("ik,ikp,ikq->pq", w, y, y) / N
@@ -88,6 +88,28 @@ def test_four_parts_match_dense_and_sum_to_total(weighted):
     close(dense(d.total_operator()), total, scale)
     close(dense(d.means_part.as_operator()), parts["class"] + parts["cross"] + parts["diag"], scale)
     assert d.total_trace == pytest.approx(np.trace(total), rel=1e-12)
+
+
+def test_exact_fact_ties_the_class_part_to_the_diag_part():
+    """docs/math.md#the-exact-fact: for p-weighted extended gradients
+    ``v_{i,c'} = x_i (x) (p_i - e_{c'})`` of a linear classifier, ``sum_{c'} p_{i,c'} (p_i - e_{c'}) = 0``
+    gives ``P_c v_c = -P_{c,c} v_{c,c}`` and ``M_diag,c = (a_c / (1 - a_c)) M_class,c``."""
+    rng = np.random.default_rng(5)
+    N, C, D = 48, 4, 6
+    X = rng.standard_normal((N, D))
+    logits = X @ rng.standard_normal((D, C))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    labels = rng.permutation(np.arange(N) % C)
+    v = (X[:, None, :, None] * (p[:, None, :] - np.eye(C)[None])[:, :, None, :]).reshape(N, C, D * C)  # [i, c', d*C + k]
+    d = decompose_cross_class(v, labels, p, True)
+    Pc, Pcc = d.class_weights, np.diag(d.cell_weights)
+    vc, vcc = d.class_means.numpy(), d.cross_means.numpy()[np.arange(C), np.arange(C)]
+    scale = np.abs(Pcc[:, None] * vcc).max()
+    close(Pc[:, None] * vc, -Pcc[:, None] * vcc, scale)
+    a = Pc / (Pc + Pcc)
+    expected_diag = sum((a[c] / (1 - a[c])) * Pc[c] * np.outer(vc[c], vc[c]) / N for c in range(C))
+    close(dense(d.diag_part.as_operator()), expected_diag, np.abs(expected_diag).max())
 
 
 def test_unweighted_is_the_weighted_form_of_scaled_vectors():

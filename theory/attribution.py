@@ -1,4 +1,4 @@
-"""Quantitative spectral attribution by knockouts (PAPER.md section 4).
+"""Quantitative spectral attribution by knockouts (docs/math.md#attribution-by-knockouts).
 
 For an operator ``A`` and named additive components ``B`` (the parts of a
 decomposition, or any operators):
@@ -9,13 +9,13 @@ decomposition, or any operators):
   bulk, for ``A`` and each knockout (one threshold, that of ``A``);
 * features of ``A``: the separated eigenvalues whose eigenvectors lie mostly in
   the range of a defining component (``outliers``: class means, ``bump``:
-  cross-class means, as PAPER.md prescribes: count by overlap, not by eye), and
+  cross-class means, as docs/math.md#attribution-by-knockouts prescribes: count by overlap, not by eye), and
   the ``bulk`` (the rest of the spectrum);
 * a feature is attributable to ``B`` when every knockout of ``B`` makes it vanish
   while every other feature stays, and to no other component; the verdict says
   which, ``absent``, or ``not attributable`` with the evidence;
 * only eigenvalues above the bulk edge are counted: a bump inside or below the
-  main bulk (PAPER.md: its side is not fixed) shows in the log-density figure,
+  main bulk (docs/math.md#the-exact-fact: its side is not fixed) shows in the log-density figure,
   but its verdict reads ``absent`` (nothing above the edge);
 * certificates on the computed numbers: for ``B >= 0`` of rank ``r`` (Weyl) and
   for the projection of rank ``r`` (Cauchy interlacing),
@@ -34,6 +34,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from .figures import new_figure
 from .operators import SymmetricOperator, as_operator, check_symmetric
 from .runs import RunFolder
 from .spectral import (
@@ -331,12 +332,10 @@ class AttributionReport:
         style), separated eigenvalues marked as ticks and the threshold as a dashed
         line; the x range is the support of ``A`` (zero eigenvalues of projection
         knockouts, at ``log10(eps)``, may fall outside it)."""
-        import matplotlib.pyplot as plt
-
         n = len(self.spectra)
         cols = min(columns, n)
         rows = math.ceil(n / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+        fig, axes = new_figure(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
         base = self.spectra[0]
         eps = base.log_density.eps
         y_thr = math.log10(abs(self.edge.threshold) + eps)

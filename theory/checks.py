@@ -13,7 +13,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["ArgumentError", "check_choice", "check_flag", "check_int", "check_real"]
+__all__ = ["ArgumentError", "check_choice", "check_dim", "check_flag", "check_int", "check_num_classes", "check_real"]
 
 
 class ArgumentError(ValueError, TypeError):
@@ -43,6 +43,16 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     if (low is not None and value < low) or (high is not None and value > high):
         raise ArgumentError(f"{name}: expected {expected}, got {value}")
     return int(value)
+
+
+def check_num_classes(value: Any, name: str = "num_classes") -> int:
+    """A number of classes ``C >= 2``."""
+    return check_int(name, value, 2, what="(the number of classes C)")
+
+
+def check_dim(value: Any, num_classes: int, name: str = "dim") -> int:
+    """A dimension ``D >= C`` (at least one axis per class)."""
+    return check_int(name, value, num_classes, what=f"(D >= num_classes = {num_classes})")
 
 
 def check_real(

@@ -18,7 +18,6 @@ columns of ``W``, i.e. ``D`` blocks of size ``C``; ``W[c, d]`` sits at index
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ import scipy.optimize
 import scipy.special
 import torch
 
+from theory.checks import check_dim, check_num_classes, check_real
 from theory.operators import SymmetricOperator
 
 __all__ = [
@@ -53,42 +53,20 @@ RatioKind = Literal["outlier", "mini_bulk"]
 
 # -- input checks -------------------------------------------------------------------
 
-def _check_int(value: Any, name: str, minimum: int, expected: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer {expected}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer {expected}, got {value}")
-    return int(value)
-
-
-def _check_classes(num_classes: Any) -> int:
-    return _check_int(num_classes, "num_classes", 2, "C >= 2")
-
-
 def _check_sizes(num_classes: Any, dim: Any) -> tuple[int, int]:
-    C = _check_classes(num_classes)
-    return C, _check_int(dim, "dim", C, f"D >= num_classes = {C}")
+    C = check_num_classes(num_classes)
+    return C, check_dim(dim, C)
 
 
 def _check_snr(snr: Any) -> float:
-    if not isinstance(snr, numbers.Real) or isinstance(snr, bool) or not np.isfinite(snr) or snr < 0:
-        raise ValueError(f"snr: expected a finite real number s = t^2 >= 0, got {snr!r}")
-    return float(snr)
+    return check_real("snr", snr, 0.0, what="(s = t^2)")
 
 
 def _check_alpha(alpha: Any, C: int) -> float:
+    """The misclassified mass ``a`` in ``(0, 1 - 1/C]`` (round-off above the bound clipped)."""
     top = 1.0 - 1.0 / C
-    if (
-        not isinstance(alpha, numbers.Real)
-        or isinstance(alpha, bool)
-        or not np.isfinite(alpha)
-        or not 0.0 < alpha <= top * (1 + 1e-12)
-    ):
-        raise ValueError(
-            f"alpha: expected the misclassified probability mass in (0, 1 - 1/C] = (0, {top:.6g}] "
-            f"for num_classes = {C}, got {alpha!r}"
-        )
-    return min(float(alpha), top)
+    a = check_real("alpha", alpha, 0.0, top * (1 + 1e-12), low_open=True, what=f"(at most 1 - 1/C for num_classes = {C})")
+    return min(a, top)
 
 
 def _as_real_array(x: Any, name: str, expected: str, lower: float, closed: bool = True) -> np.ndarray:
@@ -114,7 +92,7 @@ def _returned(arr: np.ndarray, like: np.ndarray) -> float | np.ndarray:
 def symmetric_probabilities(num_classes: int, alpha: float) -> np.ndarray:
     """The ``(C, C)`` matrix whose row ``c`` is ``p_c``: ``1 - alpha`` on the diagonal,
     ``alpha / (C - 1)`` elsewhere."""
-    C = _check_classes(num_classes)
+    C = check_num_classes(num_classes)
     alpha = _check_alpha(alpha, C)
     P = np.full((C, C), alpha / (C - 1))
     np.fill_diagonal(P, 1.0 - alpha)
@@ -288,7 +266,7 @@ def theorem_eigenvalues(num_classes: int, dim: int, snr: float, alpha: float) ->
 
 
 def _ratio(num_classes: int, snr: Any, alpha: float, group: int) -> float | np.ndarray:
-    C = _check_classes(num_classes)
+    C = check_num_classes(num_classes)
     a = _check_alpha(alpha, C)
     s = _as_real_array(snr, "snr", "SNR values s = t^2 >= 0", 0.0)
     groups = eigenvalue_groups(C, C, s, a)
@@ -312,7 +290,7 @@ def snr_from_ratio(ratio: Any, num_classes: int, alpha: float, *, which: RatioKi
     ``s = (ratio - 1) b / (1 - alpha)`` (``which="outlier"``) or
     ``s = (ratio - 1) C b`` (``which="mini_bulk"``), ``b = 2 - alpha C/(C-1)``.
     ``ratio >= 1``; vectorised over ``ratio``."""
-    C = _check_classes(num_classes)
+    C = check_num_classes(num_classes)
     a = _check_alpha(alpha, C)
     if which not in ("outlier", "mini_bulk"):
         raise ValueError(f"which: expected 'outlier' or 'mini_bulk', got {which!r}")
@@ -353,7 +331,7 @@ def bayes_error(t: Any, num_classes: int) -> float | np.ndarray:
     the complement (absolute error below 1e-12, small errors to high relative
     accuracy). ``t = sqrt(s) >= 0`` is the amplitude (``P_err(0) = 1 - 1/C``,
     ``P_err(t, 2) = Phi(-t/sqrt(2))``); vectorised over ``t``."""
-    C = _check_classes(num_classes)
+    C = check_num_classes(num_classes)
     t_arr = _as_real_array(t, "t", "amplitudes t = sqrt(SNR) >= 0", 0.0)
     values, inverse = np.unique(t_arr, return_inverse=True)
     errs = np.array([_bayes_error_scalar(float(v), C) for v in values])
@@ -364,7 +342,7 @@ def snr_from_bayes_error(error: Any, num_classes: int) -> float | np.ndarray:
     """The SNR ``s = t^2`` at which :func:`bayes_error` equals ``error``, for
     ``0 < error <= 1 - 1/C``: the root of ``log P_err(t) = log error`` between the
     bounds ``Phi(-t/sqrt 2) <= P_err(t, C) <= (C - 1) Phi(-t/sqrt 2)``; vectorised."""
-    C = _check_classes(num_classes)
+    C = check_num_classes(num_classes)
     top = 1.0 - 1.0 / C
     err = _as_real_array(error, "error", f"error rates in (0, 1 - 1/C] = (0, {top:.6g}]", 0.0, closed=False)
     if np.any(err > top * (1 + 1e-12)):

@@ -7,6 +7,11 @@ Adapters wrap a dense torch tensor or numpy array, a ``scipy.sparse.linalg.Linea
 (or a scipy sparse matrix) and a plain callable; composition (sums, scalings,
 symmetric low-rank updates ``A + U diag(s) U^T`` and projections
 ``(I - Q Q^T) A (I - Q Q^T)``) never forms a ``p x p`` matrix.
+
+Contract of a product: ``matmat(V)`` returns a new tensor and never changes
+``V``. Subclasses implement ``_matmat``, which must not write into its input; a
+result that shares memory with the input (an identity map, say) is copied by
+``matmat``, so composites may update a product in place.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ import scipy.sparse.linalg
 import torch
 
 __all__ = [
-    "SymmetricOperator",
-    "DenseOperator",
     "CallableOperator",
-    "ScipyOperator",
+    "DenseOperator",
     "LinearCombination",
     "LowRankUpdate",
     "ProjectedOperator",
+    "ScipyOperator",
+    "SymmetricOperator",
     "as_operator",
     "check_symmetric",
     "orthonormal_basis",
@@ -56,7 +61,9 @@ class SymmetricOperator(abc.ABC):
     """A symmetric linear map ``V -> A V`` on ``(p, k)`` torch tensors.
 
     Subclasses implement ``_matmat`` on a tensor already checked for shape and
-    cast to ``dtype`` and ``device``.
+    cast to ``dtype`` and ``device``; it must not modify that tensor.
+    Composites also override ``_product``, which returns ``A V`` with the column
+    norms of the terms that make it up (the scale of its round-off).
     """
 
     def __init__(self, size: int, dtype: torch.dtype, device: torch.device | str):
@@ -87,8 +94,13 @@ class SymmetricOperator(abc.ABC):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         """``A V`` for ``V`` of shape ``(p, k)`` with the operator's dtype and device."""
 
-    def matmat(self, V: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``A V`` for ``V`` of shape ``(p, k)`` or ``(p,)``; returns the same shape."""
+    def _product(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A V, s)`` with ``s_j`` the sum of the norms of the terms that make up
+        column ``j`` of ``A V`` (for a single operator ``|A v_j|``)."""
+        out = self._matmat(V)
+        return out, out.norm(dim=0)
+
+    def _block(self, V: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, bool]:
         V = torch.as_tensor(V)
         if V.ndim not in (1, 2) or V.shape[0] != self._size:
             raise ValueError(
@@ -96,13 +108,33 @@ class SymmetricOperator(abc.ABC):
             )
         vector = V.ndim == 1
         V = V.to(device=self._device, dtype=self._dtype)
-        out = self._matmat(V[:, None] if vector else V)
-        if out.shape != (self._size, 1 if vector else V.shape[1]):
+        return (V[:, None] if vector else V), vector
+
+    def _fresh(self, out: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """``out`` checked for shape, copied when it shares memory with the input ``V``."""
+        if out.shape != V.shape:
             raise RuntimeError(
                 f"{type(self).__name__}: the product returned shape {tuple(out.shape)} "
                 f"for an input of shape {tuple(V.shape)}"
             )
+        if out.untyped_storage().data_ptr() == V.untyped_storage().data_ptr():
+            out = out.clone()
+        return out
+
+    def matmat(self, V: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``A V`` for ``V`` of shape ``(p, k)`` or ``(p,)``; returns the same shape,
+        as a new tensor, leaving ``V`` unchanged."""
+        V, vector = self._block(V)
+        out = self._fresh(self._matmat(V), V)
         return out[:, 0] if vector else out
+
+    def matmat_with_scale(self, V: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A V, s)`` for ``V`` of shape ``(p, k)``: ``s`` (length ``k``) sums the
+        column norms of the terms of a composite (``|B v| + |U diag(s) U^T v|`` for a
+        low-rank update of ``B``), the scale against which round-off is judged."""
+        V, _ = self._block(V)
+        out, scale = self._product(V)
+        return self._fresh(out, V), scale
 
     def matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``A v`` for a vector of shape ``(p,)``."""
@@ -255,12 +287,16 @@ class LinearCombination(SymmetricOperator):
         super().__init__(flat[0][1].size, flat[0][1].dtype, flat[0][1].device)
         self.terms = tuple(flat)
 
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        out = None
+    def _product(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, scale = None, None
         for coef, op in self.terms:
-            term = op.matmat(V)
+            term, term_scale = op.matmat_with_scale(V)
             out = coef * term if out is None else out.add_(term, alpha=coef)
-        return out
+            scale = abs(coef) * term_scale if scale is None else scale + abs(coef) * term_scale
+        return out, scale
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._product(V)[0]
 
 
 def _as_matrix(X: torch.Tensor | np.ndarray, op: SymmetricOperator, name: str) -> torch.Tensor:
@@ -288,8 +324,13 @@ class LowRankUpdate(SymmetricOperator):
         super().__init__(base.size, base.dtype, base.device)
         self.base, self.U, self.s = base, U, s
 
+    def _product(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, scale = self.base.matmat_with_scale(V)  # a new tensor by the contract
+        update = self.U @ (self.s[:, None] * (self.U.T @ V))
+        return out.add_(update), scale + update.norm(dim=0)
+
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self.base.matmat(V).addmm_(self.U, self.s[:, None] * (self.U.T @ V))
+        return self._product(V)[0]
 
 
 class ProjectedOperator(SymmetricOperator):
@@ -310,8 +351,17 @@ class ProjectedOperator(SymmetricOperator):
     def _project(self, V: torch.Tensor) -> torch.Tensor:
         return V - self.Q @ (self.Q.T @ V)
 
+    def _product(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scale adds that of ``A v`` to that of ``A (I - Q Q^T) v``: when ``range(Q)``
+        holds all of ``A``, the second is round-off of size ``eps |A| |v|`` and only the
+        first shows the operator's scale (one product of ``2k`` columns, used by
+        :func:`check_symmetric` only)."""
+        k = V.shape[1]
+        both, scales = self.base.matmat_with_scale(torch.cat([self._project(V), V], dim=1))
+        return self._project(both[:, :k]), scales[:k] + scales[k:]
+
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self._project(self.base.matmat(self._project(V)))
+        return self._product(V)[0]
 
 
 def orthonormal_basis(X: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
@@ -363,19 +413,22 @@ def as_operator(
 def check_symmetric(op: SymmetricOperator, *, seed: int = 0, rtol: float | None = None) -> float:
     """Probe symmetry with two random vectors ``u, v`` (one product of a ``(p, 2)`` block).
 
-    Computes ``r = sqrt(p) |u^T A v - v^T A u| / (|u| |A v| + |v| |A u|)``, which is
-    of order ``eps`` for a symmetric operator and of order ``|K|_F / |A|_F`` when
-    ``A`` has a skew part ``K``. Raises ``ValueError`` when ``r > rtol``
-    (default ``10 sqrt(eps)`` of the operator's dtype) and returns ``r``.
+    Computes ``r = sqrt(p) |u^T A v - v^T A u| / (|u| s_v + |v| s_u)`` with ``s_v``
+    the scale of the product ``A v``: ``|A v|`` for a single operator, the sum of
+    the norms of its terms for a composite (:meth:`SymmetricOperator.matmat_with_scale`),
+    so that round-off is judged against the operator's scale, not the product's:
+    a fully deflated ``U U^T - Q diag(lambda) Q^T``, whose products are round-off,
+    passes. ``r`` is of order ``eps`` for a symmetric operator and of order
+    ``|K|_F / |A|_F`` when ``A`` has a skew part ``K``. Raises ``ValueError`` when
+    ``r > rtol`` (default ``10 sqrt(eps)`` of the operator's dtype) and returns ``r``.
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     UV = torch.randn(op.size, 2, generator=gen, dtype=torch.float64).to(dtype=op.dtype, device=op.device)
-    AUV = op.matmat(UV).to(torch.float64)
-    UV = UV.to(torch.float64)
+    AUV, scales = op.matmat_with_scale(UV)
+    AUV, scales, UV = AUV.to(torch.float64), scales.to(torch.float64), UV.to(torch.float64)
     uAv, vAu = float(UV[:, 0] @ AUV[:, 1]), float(UV[:, 1] @ AUV[:, 0])
     norms = UV.norm(dim=0)
-    anorms = AUV.norm(dim=0)
-    scale = float(norms[0] * anorms[1] + norms[1] * anorms[0])
+    scale = float(norms[0] * scales[1] + norms[1] * scales[0])
     if not np.isfinite(uAv) or not np.isfinite(vAu):
         raise FloatingPointError("the operator returned NaN or Inf on a random probe vector")
     ratio = 0.0 if scale == 0.0 else np.sqrt(op.size) * abs(uAv - vAu) / scale

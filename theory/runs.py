@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .figures import write_figure
 from .results import to_jsonable
 
 __all__ = ["RunFolder"]
@@ -51,11 +52,6 @@ class RunFolder:
         return self._atomic_write(name, lambda h: torch.save(obj, h), mode="wb")
 
     def save_figure(self, name: str, figure: Any, dpi: int = 120) -> Path:
-        """Save a matplotlib figure (format from the suffix of ``name``) and close it."""
-        import matplotlib.pyplot as plt
-
+        """Save a figure of :func:`theory.figures.new_figure` (format from the suffix of ``name``)."""
         fmt = Path(name).suffix.lstrip(".") or "png"
-        try:
-            return self._atomic_write(name, lambda h: figure.savefig(h, format=fmt, dpi=dpi, bbox_inches="tight"), mode="wb")
-        finally:
-            plt.close(figure)
+        return self._atomic_write(name, lambda h: write_figure(figure, h, fmt=fmt, dpi=dpi), mode="wb")

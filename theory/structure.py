@@ -1,4 +1,4 @@
-"""Class/cross-class decompositions of second-moment matrices (PAPER.md section 3).
+"""Class/cross-class decompositions of second-moment matrices (docs/math.md#two-index-decomposition, docs/math.md#three-index-decomposition).
 
 Two-index objects (features) ``v_{i,c}`` in R^d, example i of class c, N examples,
 ``n_c`` of class c, ``pi_c = n_c / N``:
@@ -419,7 +419,7 @@ class WithinPart:
 
 @dataclass(frozen=True)
 class SeparationStatistics:
-    """Class separation of features (PAPER.md section 8).
+    """Class separation of features (Papyan 2020, Sec. 7; docs/math.md#separation-measures).
 
     ``trace_ratio = Tr Sigma_B / Tr Sigma_W``; ``within_over_between =
     Tr(Sigma_W Sigma_B^+) / C`` (NaN when the within part is unavailable);
@@ -702,7 +702,7 @@ class CrossClassAccumulator(_CellAccumulator):
     and ``probs`` (b x C) (rows nonnegative, summing to one within ``prob_atol``);
     ``finalize()`` gives a :class:`CrossClassDecomposition`.
 
-    ``weighted=True``: weights ``p`` (PAPER.md section 3). ``weighted=False``: the
+    ``weighted=True``: weights ``p`` (docs/math.md#three-index-decomposition). ``weighted=False``: the
     1901.08244 form on ``u = sqrt(p) v`` with unit weights (``probs`` may then be
     omitted, taking ``u = v``). Keeps the ``C^2`` running sums of length ``P``
     (dtype ``dtype``, default the first batch's float32/float64), ``C x C`` tables

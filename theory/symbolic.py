@@ -33,6 +33,7 @@ from typing import Any
 
 import sympy as sp
 
+from theory.checks import check_dim, check_num_classes
 from theory.mlr import eigenvalue_groups
 
 __all__ = [
@@ -77,12 +78,9 @@ class SymbolicCheck:
 
 
 def _check_sizes(num_classes: int, dim: int | None) -> tuple[int, int]:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes: expected an integer C >= 2, got {num_classes!r}")
-    dim = num_classes + 1 if dim is None else dim
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < num_classes:
-        raise ValueError(f"dim: expected an integer D >= num_classes = {num_classes}, got {dim!r}")
-    return num_classes, dim
+    """``(C, D)`` checked, ``D = C + 1`` when ``dim`` is None."""
+    C = check_num_classes(num_classes)
+    return C, check_dim(C + 1 if dim is None else dim, C)
 
 
 def _nonzero_entries(M: sp.Matrix) -> list[sp.Expr]:
@@ -117,7 +115,7 @@ def identity_sum(p: sp.Matrix) -> sp.Matrix:
 
 def check_identity(num_classes: int, rhs: Callable[[sp.Matrix], sp.Matrix] = identity_sum) -> SymbolicCheck:
     """The Hessian of the cross-entropy in the logits equals ``diag(p) - p p^T`` and
-    ``rhs(p)`` (default the identity of PAPER.md section 1), for general ``p``."""
+    ``rhs(p)`` (default the identity of docs/math.md#notation), for general ``p``."""
     C, _ = _check_sizes(num_classes, None)
     start = time.perf_counter()
     p = probability_symbols(C)

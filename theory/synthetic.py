@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .figures import new_figure
 from .operators import as_operator
 from .spectral import DeflatedDensity, SpectralDensity, bulk_density, gaussian_smooth, spectral_density, top_eigenpairs
 
@@ -101,12 +102,7 @@ def run_synthetic_check(
 def plot_synthetic_check(check: SyntheticCheck, exact: np.ndarray):
     """Two panels on a log density axis: the full density with the histogram of
     exact eigenvalues, and the deflated bulk with the outliers as point masses."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    fig, axes = new_figure(1, 2, figsize=(12, 4.2), sharey=True)
     k = len(check.outliers_exact)
     d, b = check.density, check.deflated.bulk
     bins = np.linspace(min(d.grid[0], 0.0), d.grid[-1], 120)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from theory.figures import new_figure
 from theory.finite_sample import predicted_overlap
 from theory.mlr import bayes_error, predicted_error_from_ratio, theorem_eigenvalues
 
@@ -15,15 +16,6 @@ from .measure import PointResult
 from .run import Study
 
 __all__ = ["plot_attribution", "plot_ratio_vs_error", "plot_predicted_vs_measured", "plot_finite_samples"]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _short_verdict(v: dict[str, Any]) -> str:
@@ -36,10 +28,9 @@ def plot_attribution(study: Study):
     """Rows: ``C``; columns: the attribution SNRs. Log-density of ``G`` (grey) and of the
     knockouts ``P⊥GP⊥`` (class), ``P⊥GP⊥`` (cross) and ``G - within``; separated eigenvalues as
     ticks; the verdicts in the title."""
-    plt = _plt()
     classes = sorted({a.num_classes for a in study.attribution})
     cols = max(sum(a.num_classes == C for a in study.attribution) for C in classes)
-    fig, axes = plt.subplots(len(classes), cols, figsize=(4.4 * cols, 3.3 * len(classes)), squeeze=False)
+    fig, axes = new_figure(len(classes), cols, figsize=(4.4 * cols, 3.3 * len(classes)), squeeze=False)
     wanted = {"P⊥ A P⊥ (class)": "tab:red", "P⊥ A P⊥ (cross)": "tab:orange", "A - within": "tab:blue"}
     for row, C in enumerate(classes):
         for col, a in enumerate(sorted((a for a in study.attribution if a.num_classes == C), key=lambda a: a.snr)):
@@ -75,9 +66,8 @@ def _by_snr(points: list[PointResult], C: int, key) -> tuple[np.ndarray, np.ndar
 def plot_ratio_vs_error(study: Study):
     """Measured outlier-to-bulk ratio vs test error per ``C``, with Theorem 8.1's curve
     ``(ratio(s, alpha(s)), P_err(sqrt(s)))`` for the measured ``alpha(s)``."""
-    plt = _plt()
     classes = study.settings.classes
-    fig, axes = plt.subplots(1, len(classes), figsize=(5.2 * len(classes), 4.0), squeeze=False)
+    fig, axes = new_figure(1, len(classes), figsize=(5.2 * len(classes), 4.0), squeeze=False)
     for ax, C in zip(axes[0], classes):
         pts = [p for p in study.points if p.num_classes == C]
         sc = ax.scatter([p.ratio for p in pts], [p.test_error for p in pts], c=np.log10([p.snr for p in pts]), cmap="viridis", s=18, label="measured (test error)")
@@ -102,8 +92,7 @@ def plot_ratio_vs_error(study: Study):
 def plot_predicted_vs_measured(study: Study):
     """Left: predicted (Theorem 8.1, filled; finite-sample inversion, hollow) vs measured test
     error, every point. Right: the unequal-means sweep: predicted, test and Bayes error vs eta."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, axes = new_figure(1, 2, figsize=(11, 4.4))
     ax = axes[0]
     markers = "osD^v<>"
     for i, C in enumerate(study.settings.classes):
@@ -141,10 +130,9 @@ def plot_finite_samples(study: Study):
     symmetric probabilities), bulk top (measured; moment-matched Marchenko-Pastur edge),
     Theorem 8.1 and the finite-sample formula. Bottom: squared overlap of the top-``C``
     eigenvectors with the signal space vs Paul's formula; the BBP threshold ``sqrt(D/n)``."""
-    plt = _plt()
     classes = study.settings.classes
     gamma = study.settings.dim / study.settings.n_per_class
-    fig, axes = plt.subplots(2, len(classes), figsize=(5.4 * len(classes), 7.6), squeeze=False)
+    fig, axes = new_figure(2, len(classes), figsize=(5.4 * len(classes), 7.6), squeeze=False)
     for col, C in enumerate(classes):
         ax = axes[0, col]
         snrs, ratio = _by_snr(study.points, C, lambda p: p.ratio)
