@@ -339,11 +339,13 @@ def quadrature(
     nodes, weights = res.ritz_values[mask], res.weights[mask] / settings.num_repeats
     runs = np.broadcast_to(np.arange(settings.num_repeats)[:, None], mask.shape)[mask]
     point_mass = float(nodes @ weights) if bool(np.all(res.num_valid == 1)) else None
+    if bounds is None:  # a point mass gets a width of 1e-3 of its value, far above the nodes' round-off
+        bounds = bounds_from_lanczos(res, settings.margin, min_width=1e-12 if point_mass is None else 1e-3)
     return Quadrature(
         nodes=nodes,
         weights=weights,
         runs=runs,
-        bounds=bounds_from_lanczos(res, settings.margin) if bounds is None else bounds,
+        bounds=bounds,
         settings=settings,
         num_products=settings.num_repeats * int(res.num_valid.max()) + (2 if check_symmetry else 0),
         point_mass=point_mass,

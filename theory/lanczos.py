@@ -208,18 +208,22 @@ def lanczos(
     return LanczosResult(alpha, beta, ritz, weights, resid, num_valid, m, bool(reorthogonalize), int(seed), basis if keep_basis else None)
 
 
-def bounds_from_lanczos(res: LanczosResult, margin: float) -> SpectralBounds:
+def bounds_from_lanczos(res: LanczosResult, margin: float, *, min_width: float = 1e-12) -> SpectralBounds:
     """The Normalization step from the Ritz values of any Lanczos run:
-    ``[min_k (theta_k - r_k), max_k (theta_k + r_k)]`` over all starts, with
-    ``r_k = |beta_m S_{m,k}|`` the residual bounds (each interval ``theta_k -+ r_k``
-    holds an eigenvalue), widened by ``margin`` times its width on each side. A
-    width below ``1e-12`` of the scale (a point spectrum) is replaced by ``1e-3``
-    of the scale, or by ``1e-3`` when the scale is zero (the zero operator)."""
-    lo = float(np.nanmin(res.ritz_values - res.residual_bounds))
-    hi = float(np.nanmax(res.ritz_values + res.residual_bounds))
+    ``[min_r (theta_min - |beta_m S_{m,min}|), max_r (theta_max + |beta_m S_{m,max}|)]``
+    over the starts ``r``, the extreme Ritz values of each run moved out by their
+    residual bounds (each interval ``theta_k -+ |beta_m S_{m,k}|`` holds an
+    eigenvalue; interior Ritz values, whose residuals are large until they
+    converge, do not widen it), then widened by ``margin`` times its width on
+    each side. A width below ``min_width`` times the scale (a point spectrum) is
+    replaced by ``1e-3`` of the scale, or by ``1e-3`` when the scale is zero."""
+    last = res.num_valid - 1  # Ritz values ascend within a run
+    runs = np.arange(res.num_valid.size)
+    lo = float(np.min(res.ritz_values[:, 0] - res.residual_bounds[:, 0]))
+    hi = float(np.max(res.ritz_values[runs, last] + res.residual_bounds[runs, last]))
     width = hi - lo
     scale = max(abs(lo), abs(hi))
-    if width <= 1e-12 * scale:
+    if width <= min_width * scale:
         width = 1e-3 * scale if scale > 0 else 1e-3
     return SpectralBounds(
         lower=lo - margin * width,
