@@ -70,6 +70,18 @@ def test_compute_spectra_per_layer_and_bad_settings():
         compute_spectra(model, (X, Y))
 
 
+def test_E_of_the_last_layer_is_a_point_mass_at_zero():
+    """E = sum_i sum_c (dl/dz_c) d^2 z_c / dtheta^2 vanishes for the parameters of the
+    last linear layer (z is linear in them): its spectrum is a point mass at zero."""
+    model, X, Y = make_mlp()
+    spectra = compute_spectra(model, (X, Y), operators=["E"], params="fc3", num_outliers=2, num_steps=10, num_repeats=2)
+    e = spectra["E"]
+    assert e.size == 21 and e.point_mass == 0.0 and np.all(e.outliers == 0.0)
+    for d in (e.density, e.log_density):
+        assert np.isfinite(d.density).all() and abs(np.trapezoid(d.density, d.grid) - 1) < 1e-6
+    assert "E: the deflated bulk has zero width, a point mass at 0" in spectra_report(spectra)
+
+
 def test_command_line_writes_run_folder(tmp_path, capsys):
     from deepnet.train import TrainConfig, train
 
