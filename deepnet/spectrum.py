@@ -3,11 +3,11 @@
 
 For each operator ``A`` (:mod:`deepnet.operators`):
 
-* the top ``C`` eigenpairs (``C`` = number of classes by default) by subspace
-  iteration (:func:`theory.spectral.top_eigenpairs`);
-* the density of the rest, ``A`` deflated by those pairs, with the outliers as
-  point masses ``1/P`` (:func:`theory.spectral.bulk_density`), on a linear axis
-  and on the log axis ``log10(|lambda| + eps)``.
+* one :class:`theory.spectrum.Spectrum` record (:func:`theory.spectrum.spectrum`):
+  the top ``C`` eigenpairs (``C`` = number of classes by default, with residuals
+  and ``converged``) as point masses ``1/P``, and the density of the rest (``A``
+  restricted to the complement of their eigenvectors) on a linear axis and on
+  the log axis ``log10(|lambda| + eps)``, from one set of Lanczos runs.
 
 :func:`compute_spectra` is the library entry point; ``python -m deepnet spectrum
 --checkpoint RUN [--operator hessian G E] [--out DIR]`` loads a checkpoint of
@@ -18,7 +18,7 @@ For each operator ``A`` (:mod:`deepnet.operators`):
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from theory.checks import check_int, check_real
+from theory.density import DensitySettings, density_settings
 from theory.figures import new_figure
 from theory.runs import RunFolder
-from theory.spectral import DeflatedDensity, Eigenpairs, bulk_densities, top_eigenpairs
+from theory.spectrum import Spectrum, spectrum
 
 from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
 
-__all__ = ["OperatorSpectrum", "Spectra", "compute_spectra", "spectra_figure", "spectra_report", "add_arguments", "run"]
+__all__ = ["Spectra", "compute_spectra", "spectra_figure", "spectra_report", "add_arguments", "run"]
 
 LABELS = {"hessian": "Hessian", "G": "G", "E": "E"}
 STYLES = {  # the Hessian wide and pale underneath, so that G and E stay visible where they coincide with it
@@ -46,55 +48,39 @@ STYLES = {  # the Hessian wide and pale underneath, so that G and E stay visible
 
 
 @dataclass(frozen=True)
-class OperatorSpectrum:
-    """Spectrum of one operator: ``top`` outlier eigenpairs and the deflated
-    densities (linear and log axis) of the rest; ``seconds`` of wall time."""
-
-    operator: str
-    top: Eigenpairs
-    density: DeflatedDensity
-    log_density: DeflatedDensity
-    seconds: float
-
-
-@dataclass(frozen=True)
 class Spectra:
-    """The spectra of several operators of one model and data set, and the settings used."""
+    """The spectra of several operators of one model and data set (one
+    :class:`theory.spectrum.Spectrum` each, ``name`` the operator), the wall time
+    of each in ``seconds``, and the settings used."""
 
-    spectra: tuple[OperatorSpectrum, ...]
+    spectra: tuple[Spectrum, ...]
     num_parameters: int
     num_data: int
     num_classes: int
     params: tuple[str, ...]
     dtype: str
     device: str
+    seconds: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def __getitem__(self, operator: str) -> OperatorSpectrum:
-        for spectrum in self.spectra:
-            if spectrum.operator == operator:
-                return spectrum
+    def __getitem__(self, operator: str) -> Spectrum:
+        for record in self.spectra:
+            if record.name == operator:
+                return record
         raise KeyError(operator)
 
 
 def _check_settings(
-    operators: Sequence[str], num_outliers: int | None, num_steps: int, num_repeats: int,
-    kappa: float, eps: float, tol: float, max_iterations: int, which: str, method: str,
+    operators: Sequence[str], num_outliers: int | None, tol: float, max_iterations: int, which: str, method: str,
 ) -> tuple[str, ...]:
-    """Validate the spectral settings before any data is touched."""
+    """Validate the settings other than the density's before any data is touched."""
     ops = tuple(operators)
     if not ops or any(op not in OPERATORS for op in ops) or len(set(ops)) != len(ops):
         raise ValueError(f"operators: expected distinct names from {tuple(OPERATORS)}, got {ops!r}")
-    for name, value, low in (("num_steps", num_steps, 2), ("num_repeats", num_repeats, 1), ("max_iterations", max_iterations, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    if num_outliers is not None and (isinstance(num_outliers, bool) or not isinstance(num_outliers, int) or num_outliers < 1):
-        raise ValueError(f"num_outliers: expected a positive integer (default: the number of classes), got {num_outliers!r}")
-    if not (isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa > 1):
-        raise ValueError(f"kappa: expected a number > 1, got {kappa!r}")
-    for name, value in (("eps", eps), ("tol", tol)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    check_int("max_iterations", max_iterations, 1)
+    if num_outliers is not None:
+        check_int("num_outliers", num_outliers, 1, what="(default: the number of classes)")
+    check_real("tol", tol, 0.0, low_open=True)
     if which not in ("largest", "magnitude"):
         raise ValueError(f"which: expected 'largest' or 'magnitude', got {which!r}")
     if method not in METHODS:
@@ -114,48 +100,45 @@ def compute_spectra(
     device: torch.device | str | None = None,
     num_outliers: int | None = None,
     which: str = "largest",
-    num_steps: int = 128,
-    num_repeats: int = 10,
-    kappa: float = 3.0,
-    eps: float = 1e-6,
+    density: DensitySettings | None = None,
     tol: float = 1e-4,
     max_iterations: int = 300,
     method: str = "double-backward",
     max_columns: int = 8,
-    seed: int = 0,
     show_progress: bool = False,
+    **density_changes: Any,
 ) -> Spectra:
-    """Top-``num_outliers`` eigenvalues and deflated densities of each operator.
+    """One :func:`theory.spectrum.spectrum` record per operator.
 
     ``model``, ``data``, ``params``, ``batch_size``, ``num_classes``, ``dtype`` and
-    ``device`` define the :class:`deepnet.operators.EmpiricalRisk`; the spectral
-    settings go to :func:`theory.spectral.top_eigenpairs` (``which``, ``tol``,
-    ``max_iterations``) and :func:`theory.spectral.bulk_density` (``num_steps``,
-    ``num_repeats``, ``kappa``; ``eps`` of the log axis), all with ``seed``.
+    ``device`` define the :class:`deepnet.operators.EmpiricalRisk`; ``which``,
+    ``tol`` and ``max_iterations`` go to the top eigenpairs; ``density`` (default
+    :class:`theory.density.DensitySettings`) with ``density_changes`` replacing its
+    fields (``num_steps=...``, ``num_repeats=...``, ``kappa=...``, ``eps=...``,
+    ``seed=...``) sets the densities, and its seed the eigenpairs' too.
     """
-    ops = _check_settings(list(operators), num_outliers, num_steps, num_repeats, kappa, eps, tol, max_iterations, which, method)
+    ops = _check_settings(list(operators), num_outliers, tol, max_iterations, which, method)
+    settings = density_settings(density, **density_changes)
     risk = EmpiricalRisk(model, data, batch_size=batch_size, params=params, num_classes=num_classes, dtype=dtype, device=device)
     k = risk.num_classes if num_outliers is None else num_outliers
-    if k + num_steps > risk.size:
+    if k + settings.num_steps > risk.size:
         raise ValueError(
-            f"num_outliers + num_steps: {k} + {num_steps} exceeds the {risk.size} selected parameters; "
+            f"num_outliers + num_steps: {k} + {settings.num_steps} exceeds the {risk.size} selected parameters; "
             "lower them or select more parameters"
         )
-    density_kwargs = dict(num_steps=num_steps, num_repeats=num_repeats, kappa=kappa, seed=seed, show_progress=show_progress)
-    results = []
+    results, seconds = [], {}
     for kind in ops:
         start = time.perf_counter()
         op = curvature_operator(kind, risk, max_columns=max_columns, method=method)
-        top = top_eigenpairs(op, k, which=which, tol=tol, max_iterations=max_iterations, seed=seed, show_progress=show_progress)
-        linear, log = bulk_densities(op, top, eps=eps, **density_kwargs)
-        results.append(OperatorSpectrum(kind, top, linear, log, time.perf_counter() - start))
-    settings = dict(
-        operators=list(ops), num_outliers=k, which=which, num_steps=num_steps, num_repeats=num_repeats,
-        kappa=kappa, eps=eps, tol=tol, max_iterations=max_iterations, method=method,
-        batch_size=risk.batch_size, max_columns=max_columns, seed=seed,
+        results.append(spectrum(op, k, settings, name=kind, which=which, tol=tol, max_iterations=max_iterations,
+                                show_progress=show_progress))
+        seconds[kind] = time.perf_counter() - start
+    record = dict(
+        operators=list(ops), num_outliers=k, which=which, tol=tol, max_iterations=max_iterations, method=method,
+        batch_size=risk.batch_size, max_columns=max_columns, **dataclasses.asdict(settings),
     )
     return Spectra(tuple(results), risk.size, risk.num_data, risk.num_classes, risk.names,
-                   str(risk.dtype), str(risk.device), settings)
+                   str(risk.dtype), str(risk.device), seconds, record)
 
 
 def spectra_figure(spectra: Spectra, title: str = "") -> Any:
@@ -164,16 +147,15 @@ def spectra_figure(spectra: Spectra, title: str = "") -> Any:
     markers along the top; one colour per operator."""
     fig, axes = new_figure(1, 2, figsize=(12, 4.2))
     for s in spectra.spectra:
-        style, label = STYLES[s.operator], LABELS[s.operator]
-        for ax, part, log in ((axes[0], s.density, False), (axes[1], s.log_density, True)):
-            bulk = part.bulk
-            y = part.bulk_weight * bulk.density
+        style, label = STYLES[s.name], LABELS[s.name]
+        for ax, bulk, log in ((axes[0], s.density, False), (axes[1], s.log_density, True)):
+            y = s.bulk_weight * bulk.density
             ax.plot(bulk.grid, np.maximum(y, 1e-300), label=f"{label} bulk", **style)
-            x = np.log10(np.abs(part.outliers) + bulk.eps) if log else part.outliers
+            x = np.log10(np.abs(s.outliers) + bulk.eps) if log else s.outliers
             ax.plot(x, np.full(x.shape, 1.0), ls="none", marker="v", color=style["color"], ms=6, scaley=False,
                     transform=ax.get_xaxis_transform(), clip_on=False, label=f"{label} top-{len(x)}")
     axes[0].set_yscale("log")
-    peak = max(float((s.density.bulk_weight * s.density.bulk.density).max()) for s in spectra.spectra)
+    peak = max(float((s.bulk_weight * s.density.density).max()) for s in spectra.spectra)
     axes[0].set_ylim(1e-6 * peak, 3 * peak)
     axes[0].set_xlabel("eigenvalue $\\lambda$")
     axes[0].set_ylabel("density (bulk, deflated)")
@@ -187,11 +169,11 @@ def spectra_figure(spectra: Spectra, title: str = "") -> Any:
     return fig
 
 
-def _negative_mass(part: DeflatedDensity) -> float:
+def _negative_mass(record: Spectrum) -> float:
     """Share of the whole spectrum below zero (bulk by quadrature nodes, plus outliers)."""
-    bulk = part.bulk
-    below = float(bulk.weights[bulk.nodes < 0].sum()) * part.bulk_weight
-    return below + part.outlier_weight * int((part.outliers < 0).sum())
+    bulk = record.density
+    below = float(bulk.weights[bulk.nodes < 0].sum()) * record.bulk_weight
+    return below + record.outlier_weight * int((record.outliers < 0).sum())
 
 
 def spectra_report(spectra: Spectra, source: str = "") -> str:
@@ -208,21 +190,28 @@ def spectra_report(spectra: Spectra, source: str = "") -> str:
         f"{s['num_repeats']} Lanczos runs of {s['num_steps']} steps on the deflated operator (kappa {s['kappa']:g}, "
         f"seed {s['seed']}). Figure: `spectra.png`; every number: `results.json`.",
         "",
-        "| operator | top eigenvalues | max residual | converged | bulk range | share below 0 | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| operator | top eigenvalues | max residual | converged | bulk range | share below 0 | products | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for sp in spectra.spectra:
         top = ", ".join(f"{v:.4g}" for v in sp.top.eigenvalues)
-        b = sp.density.bulk.bounds
+        b = sp.density.bounds
+        bulk = f"point mass at {sp.point_mass:.4g}" if sp.point_mass is not None else f"[{b.lower:.3g}, {b.upper:.3g}]"
         lines.append(
-            f"| {LABELS[sp.operator]} | {top} | {float(np.max(sp.top.residuals)):.2e} | {'yes' if sp.top.converged else 'no'} "
-            f"| [{b.lower:.3g}, {b.upper:.3g}] | {_negative_mass(sp.density):.3f} | {sp.seconds:.1f} |"
+            f"| {LABELS[sp.name]} | {top} | {float(np.max(sp.top.residuals)):.2e} | {'yes' if sp.top.converged else 'no'} "
+            f"| {bulk} | {_negative_mass(sp):.3f} | {sp.num_products} | {spectra.seconds.get(sp.name, float('nan')):.1f} |"
         )
-    if {"hessian", "G"} <= {sp.operator for sp in spectra.spectra}:
+    if {"hessian", "G"} <= {sp.name for sp in spectra.spectra}:
         h, g = spectra["hessian"].top.eigenvalues, spectra["G"].top.eigenvalues
         lines += ["", f"Largest eigenvalue: Hessian {h[0]:.4g}, G {g[0]:.4g} (ratio {h[0] / g[0]:.3f})."]
     if any(not sp.top.converged for sp in spectra.spectra):
         lines += ["", "Some top eigenpairs did not reach the tolerance: raise `--max-iterations` (their residuals are listed)."]
+    for sp in spectra.spectra:
+        if sp.point_mass is not None:
+            lines += ["", f"{LABELS[sp.name]}: the deflated bulk has zero width, a point mass at {sp.point_mass:.4g} "
+                          f"(weight {sp.bulk_weight:.6g}); its densities show it as one kernel."]
+        for note in sp.warnings:
+            lines += ["", f"{LABELS[sp.name]}: {note}."]
     return "\n".join(lines) + "\n"
 
 
@@ -265,8 +254,9 @@ def _load(checkpoint: str, split: str, device: str | None) -> tuple[nn.Module, t
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_settings(args.operator, args.num_outliers, args.num_steps, args.num_repeats, args.kappa, args.eps,
-                    args.tol, args.max_iterations, args.which, args.method)
+    _check_settings(args.operator, args.num_outliers, args.tol, args.max_iterations, args.which, args.method)
+    density = DensitySettings(num_steps=args.num_steps, num_repeats=args.num_repeats, kappa=args.kappa, eps=args.eps,
+                              seed=args.seed)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: expected a positive integer, got {args.batch_size}")
     checkpoint = Path(args.checkpoint)
@@ -275,9 +265,8 @@ def run(args: argparse.Namespace) -> int:
     spectra = compute_spectra(
         model, data, operators=args.operator, params=args.params, batch_size=args.batch_size,
         num_classes=num_classes, dtype=torch.float64 if args.float64 else None, num_outliers=args.num_outliers,
-        which=args.which, num_steps=args.num_steps, num_repeats=args.num_repeats, kappa=args.kappa, eps=args.eps,
-        tol=args.tol, max_iterations=args.max_iterations, method=args.method, max_columns=args.max_columns,
-        seed=args.seed, show_progress=True,
+        which=args.which, density=density, tol=args.tol, max_iterations=args.max_iterations, method=args.method,
+        max_columns=args.max_columns, show_progress=True,
     )
     model_name = getattr(config, "model", type(model).__name__)
     dataset = getattr(config, "dataset", "")

@@ -16,6 +16,7 @@ from theory.attribution import (
     subtraction_knockout,
 )
 from theory.operators import DenseOperator
+from theory.results import to_jsonable
 from theory.runs import RunFolder
 from theory.spectral import bulk_density, top_eigenpairs
 from theory.structure import decompose_cross_class, decompose_features
@@ -212,3 +213,19 @@ def test_attribute_bad_input():
         attribute(A, {"b": A}, density={"bounds": None})
     with pytest.raises(TypeError, match="decomposition: expected"):
         attribute_decomposition(A)
+
+
+def test_defaults_fit_a_small_operator_and_the_result_says_so():
+    """Size 80 with the default 128 Lanczos steps: clamped to 80, recorded in the settings."""
+    rng = np.random.default_rng(5)
+    C, n, d_ = 4, 60, 80
+    labels = np.repeat(np.arange(C), n)
+    h = rng.standard_normal((C, d_))[labels] * 2.0 + rng.standard_normal((C * n, d_))
+    report = attribute_decomposition(decompose_features(h, labels))
+    assert report.size == 80 and report.settings["density"].num_steps == 80
+    assert report.settings["density_clamped"] == "num_steps 128 -> 80 (the dimension of A)"
+    assert all(s.density.num_steps == 80 and np.isfinite(s.density.density).all() for s in report.spectra)
+    assert report.verdict("outliers").component == "class"
+    json.dumps(to_jsonable(report.settings), allow_nan=False)
+    fitted = attribute_decomposition(decompose_features(h, labels), density=DENSITY)
+    assert fitted.settings["density_clamped"] is None and fitted.settings["density"].num_steps == 64

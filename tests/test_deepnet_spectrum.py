@@ -18,22 +18,24 @@ def test_compute_spectra_matches_dense_eigenvalues(make_mlp, dense_references):
     dense = dict(zip(("hessian", "G", "E"), dense_references(model, X, Y, names)))
     spectra = compute_spectra(model, (X, Y), num_steps=24, num_repeats=2, tol=1e-7, seed=3)  # batching: see test_deepnet_operators
     assert spectra.num_parameters == len(dense["G"]) and spectra.num_classes == 3 and spectra.num_data == X.shape[0]
-    assert [s.operator for s in spectra.spectra] == ["hessian", "G", "E"]
+    assert [s.name for s in spectra.spectra] == ["hessian", "G", "E"]
     for s in spectra.spectra:
-        exact = np.linalg.eigvalsh(dense[s.operator].numpy())[::-1]
-        assert s.top.converged
+        exact = np.linalg.eigvalsh(dense[s.name].numpy())[::-1]
+        assert s.top.converged and s.point_mass is None
         np.testing.assert_allclose(s.top.eigenvalues, exact[:3], rtol=1e-6)
+        np.testing.assert_array_equal(s.outliers, s.top.eigenvalues)
+        assert s.outlier_weight == 1 / spectra.num_parameters and s.size == spectra.num_parameters
         for part in (s.density, s.log_density):
-            assert part.outlier_weight == 1 / spectra.num_parameters
-            np.testing.assert_allclose(np.trapezoid(part.bulk.density, part.bulk.grid), 1.0, atol=1e-3)
+            np.testing.assert_allclose(np.trapezoid(part.density, part.grid), 1.0, atol=1e-3)
         # the deflated bulk lies within the remaining eigenvalues (up to the bounds' margin)
-        b = s.density.bulk.bounds
+        b = s.density.bounds
         width = exact[3] - exact[-1]
         assert exact[-1] - 0.2 * width <= b.lower and b.upper <= exact[3] + 0.2 * width
+        assert s.settings.num_steps == 24 and s.settings.seed == 3 and s.num_products > 2 * 24
     # G is positive semidefinite: no mass below zero beyond rounding; the Hessian has some
     G, H = spectra["G"].density, spectra["hessian"].density
-    assert G.bulk.nodes.min() > -1e-8 * spectra["G"].top.eigenvalues[0]
-    assert (np.linalg.eigvalsh(dense["hessian"].numpy()) < -1e-10).any() and H.bulk.nodes.min() < 0
+    assert G.nodes.min() > -1e-8 * spectra["G"].top.eigenvalues[0]
+    assert (np.linalg.eigvalsh(dense["hessian"].numpy()) < -1e-10).any() and H.nodes.min() < 0
     report = spectra_report(spectra)
     assert "| Hessian |" in report and "| G |" in report and "| E |" in report
 
@@ -49,13 +51,27 @@ def test_compute_spectra_per_layer_and_bad_settings(make_mlp, dense_references):
         compute_spectra(model, (X, Y), operators=["hessian", "fisher"])
     with pytest.raises(ValueError, match="num_steps: expected an integer >= 2"):
         compute_spectra(model, (X, Y), num_steps=1)
-    with pytest.raises(ValueError, match="kappa: expected a number > 1"):
+    with pytest.raises(ValueError, match="kappa: expected a finite number > 1"):
         compute_spectra(model, (X, Y), kappa=1.0)
+    with pytest.raises(ValueError, match="unexpected density settings"):
+        compute_spectra(model, (X, Y), num_step=10)
     with pytest.raises(ValueError, match=r"num_outliers \+ num_steps: 3 \+ 128 exceeds the 54 selected parameters"):
         compute_spectra(model, (X, Y), params="fc2")
     model.train()
     with pytest.raises(ValueError, match="training mode"):
         compute_spectra(model, (X, Y))
+
+
+def test_E_of_the_last_layer_is_a_point_mass_at_zero(make_mlp):
+    """E = sum_i sum_c (dl/dz_c) d^2 z_c / dtheta^2 vanishes for the parameters of the
+    last linear layer (z is linear in them): its spectrum is a point mass at zero."""
+    model, X, Y = make_mlp()
+    spectra = compute_spectra(model, (X, Y), operators=["E"], params="fc3", num_outliers=2, num_steps=10, num_repeats=2)
+    e = spectra["E"]
+    assert e.size == 21 and e.point_mass == 0.0 and np.all(e.outliers == 0.0)
+    for d in (e.density, e.log_density):
+        assert np.isfinite(d.density).all() and abs(np.trapezoid(d.density, d.grid) - 1) < 1e-6
+    assert "E: the deflated bulk has zero width, a point mass at 0" in spectra_report(spectra)
 
 
 def test_command_line_writes_run_folder(tmp_path, capsys):
@@ -73,10 +89,10 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
     assert results["config"]["dataset"] == "mnist-5k" and results["split"] == "train"
     spectra = results["spectra"]
     assert spectra["num_data"] == 60 and spectra["num_classes"] == 10 and spectra["dtype"] == "torch.float64"
-    assert [s["operator"] for s in spectra["spectra"]] == ["hessian", "G", "E"]
+    assert [s["name"] for s in spectra["spectra"]] == ["hessian", "G", "E"]
     for s in spectra["spectra"]:
         assert len(s["top"]["eigenvalues"]) == 3 and "eigenvectors" not in s["top"]
-        assert len(s["log_density"]["bulk"]["grid"]) == 1024
+        assert len(s["log_density"]["grid"]) == 1024 and s["settings"]["num_steps"] == 12
     g_top = spectra["spectra"][1]["top"]["eigenvalues"]  # not converged in 10 iterations, but sorted and positive
     assert g_top == sorted(g_top, reverse=True) and g_top[-1] > 0
     assert "# Hessian / G / E spectra" in (out / "report.md").read_text()
@@ -86,5 +102,5 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
     assert stop.value.code == 2 and "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["spectrum", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--kappa", "0.5"])
-    assert "kappa: expected a number > 1" in capsys.readouterr().err
+    assert "kappa: expected a finite number > 1" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()

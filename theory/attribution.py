@@ -38,6 +38,7 @@ from .figures import new_figure
 from .operators import SymmetricOperator, as_operator, check_symmetric
 from .runs import RunFolder
 from .spectral import (
+    DensitySettings,
     Eigenpairs,
     SpectralDensity,
     bulk_density,
@@ -459,10 +460,12 @@ def attribute(
     subspace iteration to relative residual ``eig_tol``, or a fixed
     ``num_iterations``) or, when the caller asks for it with
     ``eigensolver="dense"``, from ``eigh`` of the dense matrix (exact; for sizes
-    up to a few thousand, where it is faster). ``density`` holds keyword
-    arguments of :func:`theory.spectral.spectral_density` (``num_steps``,
-    ``num_repeats``, ``kappa``, ...); every density uses the bounds of ``A`` and the
-    same seed, so that they compare point by point.
+    up to a few thousand, where it is faster). ``density`` is a
+    :class:`theory.density.DensitySettings` (used as given, its ``eps`` the log
+    axis's) or a mapping of its fields ``num_steps``, ``num_repeats``, ``kappa``, ...
+    (``seed`` and ``log_eps`` filled in); ``num_steps`` above the size of ``A`` is
+    lowered to it (``settings["density_clamped"]`` says so). Every density uses the
+    bounds of ``A`` and the same seed, so that they compare point by point.
 
     A feature vanishes under a knockout when ``retained <= vanish`` (bulk:
     ``bulk_mass <= vanish`` times that of ``A``) and stays when ``retained >= stay``
@@ -499,11 +502,16 @@ def attribute(
     if num_top is None:
         num_top = sum(comps[n].rank for n in low_rank) + 16
     num_top = int(min(max(num_top, 4), p - 2))
-    dens_kw = dict(density or {})
-    allowed = {"num_steps", "num_repeats", "kappa", "num_points", "margin", "seed", "reorthogonalize"}
-    if set(dens_kw) - allowed:
-        raise ValueError(f"density: unexpected keys {sorted(set(dens_kw) - allowed)} (allowed: {sorted(allowed)})")
-    dens_kw.setdefault("seed", seed)
+    if isinstance(density, DensitySettings):
+        requested = density
+    else:
+        dens_kw = dict(density or {})
+        allowed = {"num_steps", "num_repeats", "kappa", "num_points", "margin", "seed", "reorthogonalize"}
+        if set(dens_kw) - allowed:
+            raise ValueError(f"density: unexpected keys {sorted(set(dens_kw) - allowed)} (allowed: {sorted(allowed)})")
+        requested = DensitySettings(**{"seed": seed, "eps": log_eps, **dens_kw})
+    dens = requested.clamped(p)
+    clamped = None if dens == requested else f"num_steps {requested.num_steps} -> {dens.num_steps} (the dimension of A)"
 
     def top(op: SymmetricOperator, k: int) -> Eigenpairs:
         if eigensolver == "dense":
@@ -516,10 +524,9 @@ def attribute(
     # --- A: top eigenpairs, densities, bulk edge
     check_symmetric(A, seed=seed)
     pairs = top(A, num_top)
-    dens_kw["check_symmetry"] = False
-    lin_a, log_a = spectral_densities(A, eps=log_eps, **dens_kw)
+    lin_a, log_a = spectral_densities(A, dens, check_symmetry=False)
     bounds = lin_a.bounds
-    deflated = bulk_density(A, pairs, **dens_kw)
+    deflated = bulk_density(A, pairs, settings=dens, check_symmetry=False)
     edge = estimate_bulk_edge(pairs.eigenvalues, p, bulk=deflated.bulk, margin=edge_margin, fit_fraction=fit_fraction)
     thr = edge.threshold
     if zero_tol is None:
@@ -558,7 +565,7 @@ def attribute(
         vals = top.eigenvalues
         n_sep = int(np.sum(vals > thr))
         if lin is None:
-            lin, log = spectral_densities(op, eps=log_eps, bounds=bounds, **dens_kw)
+            lin, log = spectral_densities(op, dens, bounds=bounds, check_symmetry=False)
         Usep = top.eigenvectors[:, vals > thr]
         retained = {f: _retained(Usep, Uf[f]) for f in feat_names}
         cert = None
@@ -635,8 +642,8 @@ def attribute(
 
     settings = dict(
         num_top=num_top, eig_tol=eig_tol, edge_margin=edge_margin, fit_fraction=fit_fraction,
-        overlap_threshold=overlap_threshold, vanish=vanish, stay=stay, zero_tol=zero_tol, log_eps=log_eps,
-        density=dens_kw, features=dict(features), seed=seed,
+        overlap_threshold=overlap_threshold, vanish=vanish, stay=stay, zero_tol=zero_tol, log_eps=dens.eps,
+        density=dens, density_clamped=clamped, features=dict(features), seed=seed,
     )
     return AttributionReport(
         size=p,

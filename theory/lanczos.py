@@ -9,7 +9,7 @@ memory); Gauss quadrature nodes ``theta_k`` and weights ``tau_k = S_{1k}^2`` fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
@@ -20,7 +20,15 @@ from .operators import SymmetricOperator, as_operator, check_symmetric
 from .progress import progress
 from .recurrence import column_dots, recurrence_step
 
-__all__ = ["LanczosResult", "SpectralBounds", "estimate_bounds", "lanczos", "prepare_operator", "random_block"]
+__all__ = [
+    "LanczosResult",
+    "SpectralBounds",
+    "bounds_from_lanczos",
+    "estimate_bounds",
+    "lanczos",
+    "prepare_operator",
+    "random_block",
+]
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,9 @@ class LanczosResult:
     after step ``j`` (so ``beta[r, :-1]`` is the off-diagonal of ``T`` and ``beta[r, -1]``
     the final residual norm). A run that found an invariant subspace after
     ``num_valid[r] < m`` steps has its remaining entries padded: Ritz values and
-    residual bounds with NaN, weights with 0.
+    residual bounds with NaN, weights with 0. ``basis`` (kept on request) holds
+    ``q_1 .. q_{m+1}`` of each run as ``basis[r, j]``, so that
+    ``A Q_m = Q_m T + beta_m q_{m+1} e_m^T`` with ``Q_m = basis[r, :m].T``.
     """
 
     alpha: np.ndarray
@@ -43,6 +53,7 @@ class LanczosResult:
     num_steps: int
     reorthogonalize: bool
     seed: int
+    basis: torch.Tensor | None = field(default=None, metadata={"json": False}, repr=False)
 
     def tridiagonal(self, run: int = 0) -> np.ndarray:
         """The dense ``n x n`` tridiagonal ``T`` of run ``run`` (``n = num_valid[run]``)."""
@@ -109,6 +120,7 @@ def lanczos(
     exclude: torch.Tensor | None = None,
     check_symmetry: bool = True,
     show_progress: bool = False,
+    keep_basis: bool = False,
 ) -> LanczosResult:
     """Run ``num_steps`` Lanczos steps from ``num_starts`` starts at once.
 
@@ -121,7 +133,8 @@ def lanczos(
     ``start`` (``p`` or ``p x num_starts``) replaces the random starts; ``exclude``
     (``p x r``, orthonormal) makes random starts orthogonal to its columns.
     A run stops early (``num_valid < num_steps``) when ``beta_j`` falls below
-    ``eps^(3/4) max|T|``: an invariant subspace was found.
+    ``eps^(3/4) max|T|``: an invariant subspace was found. ``keep_basis=True``
+    returns the Lanczos vectors (``O(m p)`` memory) in ``basis``.
     """
     op = as_operator(op)
     m = check_int("num_steps", num_steps, 2, op.size)
@@ -139,7 +152,8 @@ def lanczos(
         raise ValueError("start: every start vector must be nonzero")
     q = (Q / norms).contiguous()
     q_prev = torch.zeros_like(q)
-    basis = torch.empty((s, m, op.size), dtype=op.dtype, device=op.device) if reorthogonalize else None
+    keep = reorthogonalize or keep_basis
+    basis = torch.zeros((s, m + 1, op.size), dtype=op.dtype, device=op.device) if keep else None
 
     alpha = np.zeros((s, m))
     beta = np.zeros((s, m))
@@ -154,8 +168,9 @@ def lanczos(
         a = column_dots(q, w)
         b2 = recurrence_step(w, q, q_prev, a, beta_prev)
         if basis is not None:
+            basis[:, j] = q.T
+        if reorthogonalize:
             for r in range(s):
-                basis[r, j] = q[:, r]
                 for _ in range(2):
                     coef = basis[r, : j + 1] @ w[:, r]
                     w[:, r] -= basis[r, : j + 1].T @ coef
@@ -178,6 +193,8 @@ def lanczos(
         scale = np.where(active, 1.0 / np.maximum(b, np.finfo(float).tiny), 0.0)
         q_prev, q = q, w.mul_(torch.as_tensor(scale, dtype=op.dtype, device=op.device)[None, :])
         beta_prev = np.where(active, b, 0.0)
+        if basis is not None and j == m - 1:
+            basis[:, m] = q.T
 
     ritz = np.full((s, m), np.nan)
     weights = np.zeros((s, m))
@@ -188,7 +205,34 @@ def lanczos(
         ritz[r, :n] = theta
         weights[r, :n] = S[0] ** 2
         resid[r, :n] = np.abs(beta[r, n - 1] * S[n - 1])
-    return LanczosResult(alpha, beta, ritz, weights, resid, num_valid, m, bool(reorthogonalize), int(seed))
+    return LanczosResult(alpha, beta, ritz, weights, resid, num_valid, m, bool(reorthogonalize), int(seed), basis if keep_basis else None)
+
+
+def bounds_from_lanczos(res: LanczosResult, margin: float, *, min_width: float = 1e-12) -> SpectralBounds:
+    """The Normalization step from the Ritz values of any Lanczos run:
+    ``[min_r (theta_min - |beta_m S_{m,min}|), max_r (theta_max + |beta_m S_{m,max}|)]``
+    over the starts ``r``, the extreme Ritz values of each run moved out by their
+    residual bounds (each interval ``theta_k -+ |beta_m S_{m,k}|`` holds an
+    eigenvalue; interior Ritz values, whose residuals are large until they
+    converge, do not widen it), then widened by ``margin`` times its width on
+    each side. A width below ``min_width`` times the scale (a point spectrum) is
+    replaced by ``1e-3`` of the scale, or by ``1e-3`` when the scale is zero."""
+    last = res.num_valid - 1  # Ritz values ascend within a run
+    runs = np.arange(res.num_valid.size)
+    lo = float(np.min(res.ritz_values[:, 0] - res.residual_bounds[:, 0]))
+    hi = float(np.max(res.ritz_values[runs, last] + res.residual_bounds[runs, last]))
+    width = hi - lo
+    scale = max(abs(lo), abs(hi))
+    if width <= min_width * scale:
+        width = 1e-3 * scale if scale > 0 else 1e-3
+    return SpectralBounds(
+        lower=lo - margin * width,
+        upper=hi + margin * width,
+        ritz_min=float(np.nanmin(res.ritz_values)),
+        ritz_max=float(np.nanmax(res.ritz_values)),
+        num_steps=res.num_steps,
+        margin=float(margin),
+    )
 
 
 def estimate_bounds(
@@ -200,25 +244,13 @@ def estimate_bounds(
     exclude: torch.Tensor | None = None,
     check_symmetry: bool = True,
 ) -> SpectralBounds:
-    """The Normalization step: ``[theta_1 - |beta_m S_{m,1}|, theta_m + |beta_m S_{m,m}|]``
-    from a short run without reorthogonalisation, widened by ``margin`` times its
-    width on each side (``num_steps`` is capped at ``p``)."""
+    """:func:`bounds_from_lanczos` of a short run without reorthogonalisation
+    (``num_steps`` capped at ``p``); the densities take their bounds from their
+    own runs instead, at no extra product."""
     op = as_operator(op)
     check_real("margin", margin, 0.0)
     steps = min(check_int("num_steps", num_steps, 2), op.size)
     if op.size < 2:
         raise ValueError(f"op: spectral estimates need a dimension >= 2, got {op.size}")
     res = lanczos(op, steps, reorthogonalize=False, seed=seed, exclude=exclude, check_symmetry=check_symmetry)
-    lo = float(np.nanmin(res.ritz_values - res.residual_bounds))
-    hi = float(np.nanmax(res.ritz_values + res.residual_bounds))
-    width = hi - lo
-    if width <= 1e-12 * max(abs(lo), abs(hi)):
-        width = max(abs(lo), abs(hi), 1e-30) * 1e-3
-    return SpectralBounds(
-        lower=lo - margin * width,
-        upper=hi + margin * width,
-        ritz_min=float(np.nanmin(res.ritz_values)),
-        ritz_max=float(np.nanmax(res.ritz_values)),
-        num_steps=steps,
-        margin=float(margin),
-    )
+    return bounds_from_lanczos(res, margin)

@@ -9,38 +9,60 @@ eigenproblems and Rayleigh-Ritz Gram matrices are float64 on the CPU.
   reorthogonalisation (exact, ``O(m p)`` memory) or without (``O(p)`` memory);
   Gauss quadrature nodes ``theta_k`` and weights ``tau_k = S_{1k}^2`` from
   ``T = S diag(theta) S^T``.
-* :func:`estimate_bounds`: the spectral interval ``[theta_min - r_min, theta_max + r_max]``
-  widened by a margin, with ``r = |beta_m S_{m,k}|`` the Ritz residual bounds.
-* :func:`spectral_density` / :func:`log_spectral_density`: the Gaussian-smoothed
-  spectral density ``phi(x) = (1/n) sum_runs sum_k tau_k N(x; theta_k, sigma^2)``.
-* :func:`top_eigenpairs`: block subspace iteration with Rayleigh-Ritz.
+* :func:`bounds_from_lanczos` / :func:`estimate_bounds`: the spectral interval
+  ``[theta_min - r_min, theta_max + r_max]`` widened by a margin, with
+  ``r = |beta_m S_{m,k}|`` the Ritz residual bounds.
+* :class:`DensitySettings` and :func:`quadrature`: one set of Lanczos runs (bounds
+  included) from which :meth:`Quadrature.linear` and :meth:`Quadrature.log` give the
+  Gaussian-smoothed density ``phi(x) = (1/n) sum_runs sum_k tau_k N(x; theta_k, sigma^2)``
+  on a linear or a log axis; :func:`spectral_density`, :func:`log_spectral_density`
+  and :func:`spectral_densities` are thin wrappers.
+* :func:`top_eigenpairs`: extreme eigenpairs with residuals and ``converged``.
 * :func:`deflate` and :func:`bulk_density`: remove outliers ``A - Q diag(lambda) Q^T``
   and estimate the density of the rest, outliers kept as point masses ``1/p``.
+* :func:`spectrum`: the record of all of it for one operator (:class:`Spectrum`).
 
-The implementation lives in :mod:`theory.lanczos`, :mod:`theory.density` and
-:mod:`theory.eigenpairs`; this module is the public face that gathers them.
+The implementation lives in :mod:`theory.lanczos`, :mod:`theory.density`,
+:mod:`theory.eigenpairs` and :mod:`theory.spectrum`; this module is the public
+face that gathers them.
 """
 
 from .density import (
     DeflatedDensity,
+    DensitySettings,
+    Quadrature,
+    Resolution,
     SpectralDensity,
     bulk_densities,
     bulk_density,
     gaussian_smooth,
     kernel_width,
     log_spectral_density,
+    quadrature,
     spectral_densities,
     spectral_density,
 )
 from .eigenpairs import Eigenpairs, deflate, top_eigenpairs
-from .lanczos import LanczosResult, SpectralBounds, estimate_bounds, lanczos
+from .lanczos import (
+    LanczosResult,
+    SpectralBounds,
+    bounds_from_lanczos,
+    estimate_bounds,
+    lanczos,
+)
+from .spectrum import Spectrum, spectrum
 
 __all__ = [
     "DeflatedDensity",
+    "DensitySettings",
     "Eigenpairs",
     "LanczosResult",
+    "Quadrature",
+    "Resolution",
     "SpectralBounds",
     "SpectralDensity",
+    "Spectrum",
+    "bounds_from_lanczos",
     "bulk_densities",
     "bulk_density",
     "deflate",
@@ -49,7 +71,9 @@ __all__ = [
     "kernel_width",
     "lanczos",
     "log_spectral_density",
+    "quadrature",
     "spectral_densities",
     "spectral_density",
+    "spectrum",
     "top_eigenpairs",
 ]
