@@ -233,6 +233,18 @@ def test_attribute_bad_input():
         attribute(A, {"b": A}, density={"bounds": None})
     with pytest.raises(TypeError, match="decomposition: expected"):
         attribute_decomposition(A)
+    with pytest.raises(ValueError, match=r"combine\['b'\]: the name of a component"):
+        attribute(A, {"b": A}, combine={"b": ("b", "b")})
+    with pytest.raises(ValueError, match=r"combine\['bc'\]: expected at least two distinct names"):
+        attribute(A, {"b": A, "c": A}, combine={"bc": ("b", "d")})
+    with pytest.raises(ValueError, match="common_mode: expected a vector of length 50, got 3"):
+        attribute(A, {"b": A}, common_mode=np.ones(3))
+    with pytest.raises(ValueError, match="common_mode: the zero vector"):
+        attribute(A, {"b": A}, common_mode=np.zeros(50))
+    with pytest.raises(ValueError, match="overlap_threshold"):
+        attribute(A, {"b": A}, overlap_threshold=0.0)
+    with pytest.raises(ValueError, match="parts: a combined component needs at least two"):
+        combine_components("x", [as_component("b", A)])
 
 
 # --------------------------------------------------------------------------- the identity class / diag
@@ -388,3 +400,30 @@ def test_complement_trace_exact_and_hutchinson():
     assert _complement_trace(known, U, seed=0) == pytest.approx(exact, rel=1e-12)
     unknown = Component("b", None, True, DenseOperator(B), None)
     assert _complement_trace(unknown, U, seed=0) == pytest.approx(exact, rel=0.05)
+
+
+def test_projection_is_evidence_only():
+    """range(b2) holds the spike directions too (weakly), as the cross range of trained MLR holds
+    the class span: projecting b2 out removes the spikes as well, subtracting it does not. The
+    verdict follows the subtraction; the projection is reported in the evidence."""
+    rng = np.random.default_rng(7)
+    p = 300
+    W = wishart(p, 600, seed=7)
+    Q = np.linalg.qr(rng.standard_normal((p, 6)))[0]
+    u, w = Q[:, :3], Q[:, 3:]
+    B1 = u @ np.diag([10.0, 9.0, 8.0]) @ u.T
+    B2 = 0.05 * u @ u.T + w @ np.diag([6.0, 5.0, 4.0]) @ w.T
+    comps = {
+        "b1": Component("b1", 3, True, DenseOperator(B1), torch.as_tensor(u), float(np.trace(B1))),
+        "b2": Component("b2", 6, True, DenseOperator(B2), torch.as_tensor(Q), float(np.trace(B2))),
+        "w": Component("w", None, True, DenseOperator(W), None, float(np.trace(W))),
+    }
+    report = attribute(W + B1 + B2, comps, features={"spikes": "b1", "bump": "b2"}, density=DENSITY, eigensolver="dense")
+    proj = next(s for s in report.spectra if s.name == "P⊥ A P⊥ (b2)")
+    assert proj.retained["spikes"] < 0.05 and proj.retained["bump"] < 0.05  # the projection removes both
+    spikes, bump, bulk = (report.verdict(f) for f in ("spikes", "bump", "bulk"))
+    assert (spikes.verdict, spikes.component, spikes.size) == ("attributable", "b1", 3), spikes.evidence
+    assert (bump.verdict, bump.component, bump.size) == ("attributable", "b2", 3), bump.evidence
+    assert "projection P⊥ A P⊥ (b2): retained 0.00 (evidence)" in bump.evidence
+    assert (bulk.verdict, bulk.component) == ("attributable", "w"), bulk.evidence
+    assert spikes.shares["b1"] > 0.6 and bump.shares["b2"] > 0.5 and bulk.shares["w"] > 0.99

@@ -571,16 +571,21 @@ def _complement_trace(comp: Component, U: torch.Tensor, seed: int, num_probes: i
     return _quotient(comp.operator, Z) / num_probes
 
 
+def _check_common_mode(vector: Any, size: int) -> torch.Tensor:
+    m = torch.as_tensor(vector).reshape(-1).to(torch.float64)
+    if m.numel() != size:
+        raise ValueError(f"common_mode: expected a vector of length {size}, got {m.numel()}")
+    if not float(torch.linalg.vector_norm(m)) > 0:
+        raise ValueError("common_mode: the zero vector has no direction")
+    return m
+
+
 def _common_mode(
-    vector: Any, A: SymmetricOperator, comps: Mapping[str, Component], U_out: torch.Tensor, U_sep: torch.Tensor,
+    m: torch.Tensor, A: SymmetricOperator, comps: Mapping[str, Component], U_out: torch.Tensor, U_sep: torch.Tensor,
     overlap_threshold: float,
 ) -> CommonMode:
-    m = torch.as_tensor(vector).reshape(-1).to(dtype=torch.float64, device=U_sep.device)
-    if m.numel() != A.size:
-        raise ValueError(f"common_mode: expected a vector of length {A.size}, got {m.numel()}")
+    m = m.to(U_sep.device)
     norm = float(torch.linalg.vector_norm(m))
-    if not norm > 0:
-        raise ValueError("common_mode: the zero vector has no direction")
     u = (m / norm)[:, None]
 
     def share(V: torch.Tensor) -> float:
@@ -727,6 +732,8 @@ def attribute(
     if not (0 <= vanish < stay <= 1):
         raise ValueError(f"vanish, stay: expected 0 <= vanish < stay <= 1, got {vanish}, {stay}")
     check_real("overlap_threshold", overlap_threshold, 0.0, 1.0, low_open=True)
+    if common_mode is not None:
+        common_mode = _check_common_mode(common_mode, A.size)
     if eigensolver not in ("subspace", "dense"):
         raise ValueError(f"eigensolver: expected 'subspace' or 'dense', got {eigensolver!r}")
     p = A.size
