@@ -197,6 +197,8 @@ def test_feature_outliers_are_the_class_means():
     assert (out.verdict, out.component, out.size) == ("attributable", "class", C)
     assert report.verdict("bulk").component == "within"
     assert [v.feature for v in report.features] == ["outliers", "bulk"]
+    assert report.common_mode.separated  # the global mean (offset 0.3 per coordinate) is one of the outliers
+    assert report.common_mode.norm == pytest.approx(float(f.global_mean.norm()))
 
 
 # --------------------------------------------------------------------------- certificates and errors
