@@ -1,5 +1,6 @@
 """Spectral attribution: knockouts, the bulk-edge estimator, certificates and verdicts
-on planted models whose answer is known."""
+on planted models whose answer is known, and on the symmetric-probability Fisher of
+Papyan 2020, Thm 8.1 (the mathematics: docs/attribution.md)."""
 
 import json
 
@@ -7,35 +8,50 @@ import numpy as np
 import pytest
 import torch
 
+from simulate.fisher import ExtendedGradients
+from simulate.mixtures import canonical_mixture
 from theory.attribution import (
     Component,
+    _complement_trace,
+    as_component,
     attribute,
     attribute_decomposition,
+    combine_components,
     estimate_bulk_edge,
     projection_knockout,
     subtraction_knockout,
 )
+from theory.mlr import symmetric_probabilities, theorem_eigenvalues
 from theory.operators import DenseOperator
 from theory.results import to_jsonable
 from theory.runs import RunFolder
 from theory.spectral import bulk_density, top_eigenpairs
-from theory.structure import decompose_cross_class, decompose_features
+from theory.structure import CrossClassAccumulator, decompose_cross_class, decompose_features
 
 DENSITY = dict(num_steps=64, num_repeats=4)
 
 
-def planted(C, n, P, class_size, cross_size, a=0.5, sigma=1.0, seed=0):
+def planted(C, n, P, class_size, cross_size, a=0.5, sigma=1.0, seed=0, centred=False, along_class=0.0):
     """Three-index vectors ``v_{i,c,c'} = mu_c + delta_{c,c'} + sigma z`` (``c' != c``) and
     ``sigma z`` on the diagonal cell; ``|mu_c|^2 ~ class_size``, ``|delta|^2 ~ cross_size``
     with ``sum_{c'} delta_{c,c'} = 0``; probabilities ``1 - a`` on the true class and
     ``a`` spread over the others. Then (weighted) the class part has C eigenvalues
     near ``a class_size / C``, the cross part C(C-2) near ``a cross_size / (C (C-1))``,
-    and the within part is a Marchenko-Pastur-like bulk of scale ``sigma^2``."""
+    and the within part is a Marchenko-Pastur-like bulk of scale ``sigma^2``.
+    ``centred``: class means summing to zero (a weak common mode, as in a trained
+    model). ``along_class`` (C = 3): ``delta_{c,c'} = +-along_class mu_c`` instead, so
+    that the cross range is the class-mean span and the outliers come from both."""
     rng = np.random.default_rng(seed)
     mu = rng.standard_normal((C, P)) * np.sqrt(class_size / P)
+    if centred:
+        mu -= mu.mean(axis=0)
     off = ~np.eye(C, dtype=bool)
     delta = rng.standard_normal((C, C, P)) * np.sqrt(cross_size / P) * off[:, :, None]
     delta -= delta.sum(axis=1, keepdims=True) / (C - 1) * off[:, :, None]
+    if along_class:
+        assert C == 3
+        signs = np.array([[0, 1, -1], [-1, 0, 1], [1, -1, 0]], dtype=float)
+        delta = along_class * signs[:, :, None] * mu[:, None, :]
     cell = (mu[:, None, :] + delta) * off[:, :, None]
     labels = np.repeat(np.arange(C), n)
     v = cell[labels] + sigma * rng.standard_normal((C * n, C, P))
@@ -123,7 +139,12 @@ def check_planted(report, C):
     counts = {s.name: s.num_separated for s in report.spectra}
     assert counts["A - class"] == counts["P⊥ A P⊥ (class)"] == C * (C - 2)
     assert counts["A - cross"] == counts["P⊥ A P⊥ (cross)"] == C
-    assert counts["A - within"] == C * (C - 1)
+    # judged against its own edge (at zero): the C^2 nonzero eigenvalues of the mean parts,
+    # the C small diagonal-cell ones included; nothing of the bulk is left
+    within = next(s for s in report.spectra if s.name == "A - within")
+    assert within.edge is not None and within.threshold < 1e-3 * report.edge.threshold
+    assert counts["A - within"] == C * C and within.bulk_mass < 1e-3
+    assert min(within.retained.values()) > 0.95
     assert all(s.certificate.holds for s in report.spectra[1:])
     j = report.overlap_components.index("class")
     assert report.overlaps[: C, j].min() > 0.9
@@ -177,6 +198,8 @@ def test_feature_outliers_are_the_class_means():
     assert (out.verdict, out.component, out.size) == ("attributable", "class", C)
     assert report.verdict("bulk").component == "within"
     assert [v.feature for v in report.features] == ["outliers", "bulk"]
+    assert report.common_mode.separated  # the global mean (offset 0.3 per coordinate) is one of the outliers
+    assert report.common_mode.norm == pytest.approx(float(f.global_mean.norm()))
 
 
 # --------------------------------------------------------------------------- certificates and errors
@@ -213,6 +236,200 @@ def test_attribute_bad_input():
         attribute(A, {"b": A}, density={"bounds": None})
     with pytest.raises(TypeError, match="decomposition: expected"):
         attribute_decomposition(A)
+    with pytest.raises(ValueError, match=r"combine\['b'\]: the name of a component"):
+        attribute(A, {"b": A}, combine={"b": ("b", "b")})
+    with pytest.raises(ValueError, match=r"combine\['bc'\]: expected at least two distinct names"):
+        attribute(A, {"b": A, "c": A}, combine={"bc": ("b", "d")})
+    with pytest.raises(ValueError, match="common_mode: expected a vector of length 50, got 3"):
+        attribute(A, {"b": A}, common_mode=np.ones(3))
+    with pytest.raises(ValueError, match="common_mode: the zero vector"):
+        attribute(A, {"b": A}, common_mode=np.zeros(50))
+    with pytest.raises(ValueError, match="overlap_threshold"):
+        attribute(A, {"b": A}, overlap_threshold=0.0)
+    with pytest.raises(ValueError, match="parts: a combined component needs at least two"):
+        combine_components("x", [as_component("b", A)])
+
+
+# --------------------------------------------------------------------------- the identity class / diag
+
+
+def mlr_decomposition(X, labels, probs, C):
+    """The weighted decomposition of MLR's extended gradients ``g_{i,c'} = x_i (x) (p_i - e_{c'})``
+    (simulate's layout), with a dense total second moment."""
+    ext = ExtendedGradients(X, probs, labels, C)
+    acc = CrossClassAccumulator(C, second_moment=True)
+    for b in ext.batches(1024):
+        acc.update(b.v, b.labels, b.probs)
+    return acc.finalize()
+
+
+def theorem_decomposition(C, D, n, s, a, seed=0):
+    """Thm 8.1's setting: the canonical model (n per class) with symmetric probabilities
+    ``1 - a`` on the true class and ``a / (C - 1)`` elsewhere."""
+    data = canonical_mixture(C, D, s).sample(n, seed)
+    return mlr_decomposition(data.X, data.labels, symmetric_probabilities(C, a)[data.labels], C)
+
+
+def test_class_and_diag_parts_share_their_range():
+    """sum_{c'} p_{i,c'} (p_i - e_{c'}) = 0 gives P_c v_c = -P_{c,c} v_{c,c}, hence per class
+    G_diag,c = a_c / (1 - a_c) G_class,c with a_c = P_c / n_c (docs/attribution.md)."""
+    rng = np.random.default_rng(5)
+    C, D, n = 4, 6, 50
+    labels = np.repeat(np.arange(C), n)
+    X = rng.standard_normal((C * n, D)) + 2.0 * np.eye(C, D)[labels]
+    logits = 1.5 * X @ rng.standard_normal((D, C))
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    d = mlr_decomposition(X, labels, probs, C)
+    Pc, Pcc = d.class_weights, np.diag(d.cell_weights)
+    a = 1.0 - np.array([probs[labels == c, c].mean() for c in range(C)])
+    np.testing.assert_allclose(Pc / n, a, rtol=1e-12)
+    np.testing.assert_allclose(Pcc / n, 1.0 - a, rtol=1e-12)
+    vc = d.class_means.numpy()
+    vcc = d.cross_means.numpy()[np.arange(C), np.arange(C)]
+    scale = np.abs(vc).max()
+    np.testing.assert_allclose(Pc[:, None] * vc, -Pcc[:, None] * vcc, atol=1e-12 * scale * n)
+    N = C * n
+    class_c = [Pc[c] / N * np.outer(vc[c], vc[c]) for c in range(C)]
+    diag = d.diag_part.as_operator().to_dense().numpy()
+    expected = sum(a[c] / (1 - a[c]) * class_c[c] for c in range(C))
+    np.testing.assert_allclose(diag, expected, atol=1e-12 * np.abs(expected).max())
+    assert not np.allclose(a / (1 - a), a[0] / (1 - a[0]))  # the factors differ per class: a real check
+    # equal ranges: the combined class+diag span has rank C, not 2C
+    both = combine_components("class+diag", [as_component("class", d.class_part), as_component("diag", d.diag_part)])
+    assert both.rank == d.class_part.rank == d.diag_part.rank == C
+    assert both.trace == pytest.approx(d.class_part.trace + d.diag_part.trace)
+
+
+# --------------------------------------------------------------------------- Theorem 8.1: known answers
+
+
+@pytest.mark.parametrize("C, D, n, s, a", [(4, 20, 1000, 4.0, 0.2), (3, 15, 600, 9.0, 0.3), (5, 20, 800, 6.0, 0.1)])
+def test_theorem_fisher_reads_class_cross_within(C, D, n, s, a):
+    """Thm 8.1: C outliers in the class-mean span (class + diag), C(C-2) bump eigenvalues of
+    the cross means, the bulk of the within part."""
+    d = theorem_decomposition(C, D, n, s, a)
+    report = attribute_decomposition(d, density={**DENSITY, "num_steps": min(64, C * D)}, eigensolver="dense")
+    out, bump, bulk = (report.verdict(f) for f in ("outliers", "bump", "bulk"))
+    assert (out.verdict, out.size) == ("attributable", C) and out.component in ("class", "class+diag"), out.evidence
+    assert (bump.verdict, bump.component, bump.size) == ("attributable", "cross", C * (C - 2)), bump.evidence
+    assert (bulk.verdict, bulk.component) == ("attributable", "within"), bulk.evidence
+    # the shares the theorem predicts: the mean part of an outlier, beta s (1 - a), splits (1 - a) : a
+    # between class and diag; the within part adds beta b to outliers and bump alike
+    th = theorem_eigenvalues(C, D, s, a)
+    assert out.shares["diag"] / out.shares["class"] == pytest.approx(a / (1 - a), rel=0.05)
+    assert out.shares["within"] == pytest.approx(th.bulk / th.outlier, rel=0.1)
+    assert bump.shares["cross"] == pytest.approx(1 - th.bulk / th.mini_bulk, rel=0.1)
+    assert bump.shares["class"] + bump.shares["diag"] < 0.02
+    assert bulk.shares["within"] > 0.98
+    np.testing.assert_allclose(out.eigenvalues, th.outlier, rtol=0.15)
+    # A - within keeps exactly the C(C-1) nonzero eigenvalues of the means (diag adds no rank)
+    within = next(sp for sp in report.spectra if sp.name == "A - within")
+    assert within.num_separated == C * (C - 1) and within.bulk_mass < 1e-3
+    assert report.components["class+diag"] == C
+    assert report.common_mode.separated and report.common_mode.in_outliers > 0.95
+    assert all(sp.certificate.holds for sp in report.spectra[1:])
+
+
+def test_theorem_fisher_without_signal_has_no_outliers_and_no_bump():
+    """s = 0: Thm 8.1's outliers and mini-bulk merge into the bulk."""
+    d = theorem_decomposition(4, 20, 1000, 0.0, 0.2)
+    report = attribute_decomposition(d, density=DENSITY, eigensolver="dense")
+    assert report.verdict("outliers").verdict == report.verdict("bump").verdict == "absent"
+    assert report.edge.num_separated == 0
+    assert report.verdict("bulk").component == "within"
+
+
+# --------------------------------------------------------------------------- feature definitions, two parts, common mode
+
+
+def test_feature_from_two_parts_is_not_attributable_and_reports_both_shares():
+    """Cross means along the class means (delta_{c,c'} = +-mu_c): the cross range is the
+    class-mean span, each outlier is half class, half cross, no single knockout removes it;
+    the bump (cross outside the class span) is absent."""
+    v, labels, probs = planted(C=3, n=300, P=1000, class_size=600, cross_size=0.0, along_class=1.0)
+    d = decompose_cross_class(v, labels, probs, second_moment=True)
+    report = attribute_decomposition(d, density=DENSITY, eigensolver="dense")
+    out = report.verdict("outliers")
+    assert (out.verdict, out.component, out.size) == ("not attributable", None, 3), out.evidence
+    assert out.shares["class"] > 0.3 and out.shares["cross"] > 0.3
+    assert out.shares["class"] == pytest.approx(out.shares["cross"], rel=0.2)
+    assert "no subtraction removes it" in out.evidence
+    assert report.verdict("bump").verdict == "absent"
+    assert report.verdict("bulk").component == "within"
+    assert "| outliers | 3 | not attributable | - |" in report.summary()
+
+
+def test_outliers_are_defined_by_the_class_span_first():
+    """Class directions inside the cross range (as in trained MLR): the outliers still go to
+    the class span, not to the cross range that holds a larger share of them."""
+    v, labels, probs = planted(C=3, n=300, P=1000, class_size=600, cross_size=0.0, along_class=1.0)
+    d = decompose_cross_class(v, labels, probs, second_moment=True)
+    report = attribute_decomposition(d, density=DENSITY, eigensolver="dense")
+    jc, jx = (report.overlap_components.index(n) for n in ("class", "cross"))
+    top = report.overlaps[:3]
+    assert top[:, jc].min() > 0.9 and top[:, jx].min() > 0.9  # both ranges hold them
+    assert report.feature_overlaps["bump"][:3].max() < 0.1  # the cross range outside the class span does not
+    assert report.verdict("outliers").size == 3
+
+
+def test_weak_common_mode_is_reported_apart():
+    """Class means summing to zero: C - 1 outliers in the class-mean span; the common mode
+    (sum of the class means) is not among them."""
+    C = 4
+    v, labels, probs = planted(C=C, n=250, P=1000, class_size=800, cross_size=2.0, centred=True)
+    d = decompose_cross_class(v, labels, probs, second_moment=True)
+    report = attribute_decomposition(d, density=DENSITY, eigensolver="dense")
+    out = report.verdict("outliers")
+    assert (out.verdict, out.component, out.size) == ("attributable", "class", C - 1), out.evidence
+    m = report.common_mode
+    assert not m.separated and m.in_outliers < 0.05 and m.rayleigh < report.edge.threshold
+    assert "not among the outliers" in report.summary()
+    uncentred = attribute_decomposition(
+        decompose_cross_class(*planted(C=C, n=250, P=1000, class_size=800, cross_size=2.0)[:3], second_moment=True),
+        density=DENSITY, eigensolver="dense",
+    )
+    assert uncentred.verdict("outliers").size == C and uncentred.common_mode.separated
+
+
+def test_complement_trace_exact_and_hutchinson():
+    rng = np.random.default_rng(6)
+    p = 300
+    B = wishart(p, 600, seed=6)
+    U = torch.linalg.qr(torch.as_tensor(rng.standard_normal((p, 5))))[0]
+    Pp = np.eye(p) - U.numpy() @ U.numpy().T
+    exact = np.trace(Pp @ B @ Pp)
+    known = Component("b", None, True, DenseOperator(B), None, float(np.trace(B)))
+    assert _complement_trace(known, U, seed=0) == pytest.approx(exact, rel=1e-12)
+    unknown = Component("b", None, True, DenseOperator(B), None)
+    assert _complement_trace(unknown, U, seed=0) == pytest.approx(exact, rel=0.05)
+
+
+def test_projection_is_evidence_only():
+    """range(b2) holds the spike directions too (weakly), as the cross range of trained MLR holds
+    the class span: projecting b2 out removes the spikes as well, subtracting it does not. The
+    verdict follows the subtraction; the projection is reported in the evidence."""
+    rng = np.random.default_rng(7)
+    p = 300
+    W = wishart(p, 600, seed=7)
+    Q = np.linalg.qr(rng.standard_normal((p, 6)))[0]
+    u, w = Q[:, :3], Q[:, 3:]
+    B1 = u @ np.diag([10.0, 9.0, 8.0]) @ u.T
+    B2 = 0.05 * u @ u.T + w @ np.diag([6.0, 5.0, 4.0]) @ w.T
+    comps = {
+        "b1": Component("b1", 3, True, DenseOperator(B1), torch.as_tensor(u), float(np.trace(B1))),
+        "b2": Component("b2", 6, True, DenseOperator(B2), torch.as_tensor(Q), float(np.trace(B2))),
+        "w": Component("w", None, True, DenseOperator(W), None, float(np.trace(W))),
+    }
+    report = attribute(W + B1 + B2, comps, features={"spikes": "b1", "bump": "b2"}, density=DENSITY, eigensolver="dense")
+    proj = next(s for s in report.spectra if s.name == "P⊥ A P⊥ (b2)")
+    assert proj.retained["spikes"] < 0.05 and proj.retained["bump"] < 0.05  # the projection removes both
+    spikes, bump, bulk = (report.verdict(f) for f in ("spikes", "bump", "bulk"))
+    assert (spikes.verdict, spikes.component, spikes.size) == ("attributable", "b1", 3), spikes.evidence
+    assert (bump.verdict, bump.component, bump.size) == ("attributable", "b2", 3), bump.evidence
+    assert "projection P⊥ A P⊥ (b2): retained 0.00 (evidence)" in bump.evidence
+    assert (bulk.verdict, bulk.component) == ("attributable", "w"), bulk.evidence
+    assert spikes.shares["b1"] > 0.6 and bump.shares["b2"] > 0.5 and bulk.shares["w"] > 0.99
 
 
 def test_defaults_fit_a_small_operator_and_the_result_says_so():

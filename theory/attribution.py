@@ -1,32 +1,46 @@
-"""Quantitative spectral attribution by knockouts (docs/math.md#attribution-by-knockouts).
+"""Quantitative spectral attribution by knockouts (Papyan 2020, Sec. 4 and 8;
+the mathematics and the verdict rule: ``docs/attribution.md``).
 
 For an operator ``A`` and named additive components ``B`` (the parts of a
 decomposition, or any operators):
 
 * knockouts: subtraction ``A - B`` and projection ``(I - Q_B Q_B^T) A (I - Q_B Q_B^T)``
-  with ``Q_B`` an orthonormal basis of ``range(B)`` (low-rank components only);
+  with ``Q_B`` an orthonormal basis of ``range(B)`` (low-rank components only), for
+  each component and for combined ones (default ``class+diag``: for softmax
+  models ``range(class) = range(diag)``, so the knockout of the class-mean span is
+  ``class + diag``);
 * a bulk edge (:func:`estimate_bulk_edge`) and the eigenvalues separated from the
-  bulk, for ``A`` and each knockout (one threshold, that of ``A``);
-* features of ``A``: the separated eigenvalues whose eigenvectors lie mostly in
-  the range of a defining component (``outliers``: class means, ``bump``:
-  cross-class means, as docs/math.md#attribution-by-knockouts prescribes: count by overlap, not by eye), and
-  the ``bulk`` (the rest of the spectrum);
-* a feature is attributable to ``B`` when every knockout of ``B`` makes it vanish
-  while every other feature stays, and to no other component; the verdict says
-  which, ``absent``, or ``not attributable`` with the evidence;
+  bulk: a low-rank knockout is judged against the threshold of ``A`` (it moves
+  the bulk by nothing, Weyl and Cauchy interlacing), a knockout that removes a
+  full-rank part against its own bulk edge (``A - within`` has its bulk at zero);
+* features of ``A``, defined in order: the ``outliers`` are the separated
+  eigenvalues whose eigenvectors lie mostly (``overlap_threshold``) in the
+  class-mean span, the ``bump`` those of the rest lying mostly in the cross
+  range after the class span is removed from it, and the ``bulk`` the rest of
+  the spectrum;
+* the verdict is decided by subtraction (as the paper does): a feature is
+  attributable to the smallest knockout ``B`` whose subtraction makes it vanish
+  while every other feature stays; projections are reported as evidence only.
+  Each feature also gets continuous shares: the Rayleigh quotients
+  ``sum_k u_k^T B u_k`` of its eigenvectors for every component, normalised to
+  sum to one (bulk: the traces of the parts on the complement of the separated
+  eigenvectors);
+* the common mode (the direction of the sum of the class means, weak in a
+  trained model) is reported separately: how much of it lies in the outlier
+  eigenspace;
 * only eigenvalues above the bulk edge are counted: a bump inside or below the
-  main bulk (docs/math.md#the-exact-fact: its side is not fixed) shows in the log-density figure,
-  but its verdict reads ``absent`` (nothing above the edge);
+  main bulk (its side is not fixed) shows in the log-density figure, but its
+  verdict reads ``absent`` (nothing above the edge);
 * certificates on the computed numbers: for ``B >= 0`` of rank ``r`` (Weyl) and
   for the projection of rank ``r`` (Cauchy interlacing),
   ``lambda_{k+r}(A) <= lambda_k(K) <= lambda_k(A)``, hence
-  ``n_sep(A) - r <= n_sep(K) <= n_sep(A)``.
+  ``n_sep(A) - r <= n_sep(K) <= n_sep(A)`` (counts at the threshold of ``A``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +48,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from .checks import check_real
 from .figures import new_figure
-from .operators import SymmetricOperator, as_operator, check_symmetric
+from .operators import SymmetricOperator, as_operator, check_symmetric, orthonormal_basis
 from .runs import RunFolder
 from .spectral import (
     DensitySettings,
@@ -50,6 +65,7 @@ from .structure import CrossClassDecomposition, FeatureDecomposition, LowRankPar
 __all__ = [
     "Component",
     "as_component",
+    "combine_components",
     "subtraction_knockout",
     "projection_knockout",
     "BulkEdge",
@@ -57,6 +73,7 @@ __all__ = [
     "Certificate",
     "KnockoutSpectrum",
     "FeatureVerdict",
+    "CommonMode",
     "AttributionReport",
     "attribute",
     "attribute_decomposition",
@@ -70,7 +87,9 @@ class Component:
 
     ``basis``: orthonormal ``p x r`` basis of ``range(B)`` when ``B`` has low rank
     (enables the projection knockout and the overlaps), else None. ``positive``:
-    ``B`` is positive semidefinite (the certificates apply).
+    ``B`` is positive semidefinite (the certificates apply). ``trace``: ``Tr B`` when
+    known (else the bulk shares estimate it). ``parts``: the names of the
+    components a combined knockout sums (empty for a single component).
     """
 
     name: str
@@ -78,6 +97,8 @@ class Component:
     positive: bool
     operator: SymmetricOperator = field(metadata={"json": False}, repr=False)
     basis: torch.Tensor | None = field(default=None, metadata={"json": False}, repr=False)
+    trace: float | None = None
+    parts: tuple[str, ...] = ()
 
 
 def as_component(name: str, obj: Any) -> Component:
@@ -87,14 +108,39 @@ def as_component(name: str, obj: Any) -> Component:
     if isinstance(obj, Component):
         return obj
     if isinstance(obj, LowRankPart):
-        return Component(name, obj.rank, True, obj.as_operator(), obj.range_basis())
+        return Component(name, obj.rank, True, obj.as_operator(), obj.range_basis(), obj.trace)
     if isinstance(obj, WithinPart):
-        return Component(name, None, True, obj.as_operator(), None)
+        return Component(name, None, True, obj.as_operator(), None, obj.trace)
     try:
         op = as_operator(obj)
     except (TypeError, ValueError) as err:
         raise TypeError(f"components[{name!r}]: expected a LowRankPart, WithinPart, Component or operator ({err})") from err
     return Component(name, None, False, op, None)
+
+
+def _span_rtol(dtype: torch.dtype) -> float:
+    """Relative singular-value cut of a span: ``sqrt(eps)`` of the dtype (the ranges of
+    class and diag agree to round-off, which float32 resolves only to about ``1e-6``)."""
+    return math.sqrt(float(torch.finfo(dtype).eps))
+
+
+def combine_components(name: str, parts: Sequence[Component]) -> Component:
+    """``B_1 + ... + B_m`` as one component (a combined knockout): its range is the span
+    of the parts' ranges (rank-revealing SVD; low rank only when every part is), it is
+    positive when every part is, and its trace is the sum of theirs."""
+    if len(parts) < 2:
+        raise ValueError(f"parts: a combined component needs at least two parts, got {len(parts)}")
+    op = parts[0].operator
+    for c in parts[1:]:
+        op = op + c.operator
+    basis, rank = None, None
+    if all(c.basis is not None for c in parts):
+        stacked = torch.cat([c.basis for c in parts], dim=1)
+        basis = orthonormal_basis(stacked, rtol=_span_rtol(stacked.dtype))
+        rank = int(basis.shape[1])
+    traces = [c.trace for c in parts]
+    trace = None if any(t is None for t in traces) else float(sum(traces))
+    return Component(name, rank, all(c.positive for c in parts), op, basis, trace, tuple(c.name for c in parts))
 
 
 def subtraction_knockout(A: Any, component: Any) -> SymmetricOperator:
@@ -241,10 +287,12 @@ class Certificate:
 class KnockoutSpectrum:
     """Spectrum summary of ``A`` (``kind="original"``) or one knockout of it.
 
-    ``eigenvalues`` (top, descending) with ``residuals``; ``num_separated`` above the
-    threshold of ``A``; ``bulk_mass``: spectral mass in ``(zero_tol, threshold]``;
-    ``retained[f]``: ``|U_sep^T U_f|_F^2 / |f|``, the share of feature ``f``'s
-    eigenvectors inside this operator's separated eigenspace (1: stays, 0: gone).
+    ``eigenvalues`` (top, descending) with ``residuals``; ``threshold``: that of ``A``,
+    or for the subtraction of a full-rank part ``max(own edge threshold, zero_tol)``
+    with the own ``edge`` (else None); ``num_separated`` above ``threshold``;
+    ``bulk_mass``: spectral mass in ``(zero_tol, threshold]``; ``retained[f]``:
+    ``|U_sep^T U_f|_F^2 / |f|``, the share of feature ``f``'s eigenvectors inside
+    this operator's separated eigenspace (1: stays, 0: gone).
     """
 
     name: str
@@ -252,6 +300,8 @@ class KnockoutSpectrum:
     component: str | None
     eigenvalues: np.ndarray
     residuals: np.ndarray
+    threshold: float
+    edge: BulkEdge | None
     num_separated: int
     saturated: bool
     bulk_mass: float
@@ -266,9 +316,15 @@ class KnockoutSpectrum:
 class FeatureVerdict:
     """One spectral feature of ``A`` and the component it is attributable to.
 
-    ``verdict`` is ``"attributable"`` (``component`` names it), ``"absent"`` (the
-    feature is not in the spectrum) or ``"not attributable"`` (the knockouts
-    disagree, or none or several remove it); ``evidence`` says why.
+    ``verdict`` is ``"attributable"`` (``component`` names the smallest knockout,
+    single or combined such as ``"class+diag"``, whose subtraction removes it while
+    the rest stays), ``"absent"`` (the feature is not in the spectrum) or ``"not
+    attributable"`` (no subtraction, or several, remove it alone); ``evidence``
+    says why, projections included. ``shares[B]``: the normalised Rayleigh share
+    of component ``B`` in the feature (``sum_k u_k^T B u_k / sum_B'(...)`` over its
+    eigenvectors ``u_k``; bulk: traces on the complement of the separated
+    eigenvectors); ``overlap``: the mean overlap of its eigenvectors with the
+    range that defines it (after earlier features' ranges are removed).
     """
 
     feature: str
@@ -280,14 +336,41 @@ class FeatureVerdict:
     vanishes_under: list[str]
     stays_under: list[str]
     evidence: str
+    shares: dict[str, float]
+    overlap: float
+
+
+@dataclass(frozen=True)
+class CommonMode:
+    """The common mode ``u = m / |m|``, ``m`` the weighted sum of the class means
+    (three-index vectors: ``sum_c P_c v_c = - sum_i p_{i,y_i} g_{i,y_i}``, tied to the
+    total gradient that stationarity drives to zero; features: the global mean).
+
+    ``rayleigh = u^T A u``; ``shares``: normalised ``u^T B u`` per component;
+    ``in_outliers = |U_out^T u|^2`` and ``in_separated = |U_sep^T u|^2`` (shares of
+    ``u`` in the outlier and in the separated eigenspace); ``separated``:
+    ``in_outliers >= overlap_threshold`` (the common mode is one of the outliers; a
+    trained model often has only the other ``C - 1``).
+    """
+
+    norm: float
+    rayleigh: float
+    shares: dict[str, float]
+    in_outliers: float
+    in_separated: float
+    separated: bool
 
 
 @dataclass(frozen=True)
 class AttributionReport:
     """Everything :func:`attribute` measured; ``spectra[0]`` is ``A`` itself.
 
+    ``components``: rank (None: full) of every component and combined knockout;
     ``overlaps[i, j] = |Q_j^T u_i|^2``: share of ``A``'s ``i``-th top eigenvector in
-    the range of low-rank component ``overlap_components[j]``.
+    the range of low-rank component ``overlap_components[j]``;
+    ``feature_overlaps[f][i]``: the same for the range defining feature ``f`` (earlier
+    features' ranges removed); ``common_mode``: see :class:`CommonMode` (None when
+    not given).
     """
 
     size: int
@@ -296,8 +379,10 @@ class AttributionReport:
     eigenvalues: np.ndarray
     overlaps: np.ndarray
     overlap_components: list[str]
+    feature_overlaps: dict[str, np.ndarray]
     spectra: list[KnockoutSpectrum]
     features: list[FeatureVerdict]
+    common_mode: CommonMode | None
     settings: dict[str, Any]
 
     def verdict(self, feature: str) -> FeatureVerdict:
@@ -307,31 +392,42 @@ class AttributionReport:
         raise KeyError(f"feature: no feature named {feature!r} (have {[f.feature for f in self.features]})")
 
     def summary(self) -> str:
-        """A short Markdown account: edge, counts per knockout, certificates, verdicts."""
+        """A short Markdown account: edge, counts per knockout (own threshold marked
+        ``*``), certificates, verdicts with shares, the common mode."""
         e = self.edge
         lines = [
             "# Spectral attribution",
             "",
             f"Bulk edge {e.edge:.6g} (spacing {e.spacing:.3g}); eigenvalues above {e.threshold:.6g} "
             f"(edge + {e.margin:g} spacings) count as separated: {e.num_separated}"
-            + (" (all computed eigenvalues; raise num_top)" if e.saturated else "") + ".",
+            + (" (all computed eigenvalues; raise num_top)" if e.saturated else "") + ". "
+            "Verdicts are decided by subtraction; projections are evidence. A knockout removing a full-rank "
+            "part is judged against its own bulk edge (threshold marked *).",
             "",
-            "| operator | separated | bulk mass | " + " | ".join(f"retained {f.feature}" for f in self.features if f.feature != "bulk") + " | certificate |",
-            "|---|---|---|" + "---|" * sum(f.feature != "bulk" for f in self.features) + "---|",
+            "| operator | threshold | separated | bulk mass | " + " | ".join(f"retained {f.feature}" for f in self.features if f.feature != "bulk") + " | certificate |",
+            "|---|---|---|---|" + "---|" * sum(f.feature != "bulk" for f in self.features) + "---|",
         ]
         for s in self.spectra:
             cert = "-" if s.certificate is None else ("holds" if s.certificate.holds else "VIOLATED")
             ret = " | ".join(f"{s.retained.get(f.feature, float('nan')):.2f}" for f in self.features if f.feature != "bulk")
-            lines.append(f"| {s.name} | {s.num_separated}{'+' if s.saturated else ''} | {s.bulk_mass:.3f} | {ret} | {cert} |")
-        lines += ["", "| feature | size | verdict | component | evidence |", "|---|---|---|---|---|"]
+            own = "*" if s.edge is not None else ""
+            lines.append(f"| {s.name} | {s.threshold:.4g}{own} | {s.num_separated}{'+' if s.saturated else ''} | {s.bulk_mass:.3f} | {ret} | {cert} |")
+        names = [n for n, r in self.components.items() if "+" not in n]
+        lines += ["", f"| feature | size | verdict | component | shares ({' / '.join(names)}) | evidence |", "|---|---|---|---|---|---|"]
         for f in self.features:
-            lines.append(f"| {f.feature} | {f.size} | {f.verdict} | {f.component or '-'} | {f.evidence} |")
+            shares = " / ".join(f"{f.shares.get(n, float('nan')):.2f}" for n in names)
+            lines.append(f"| {f.feature} | {f.size} | {f.verdict} | {f.component or '-'} | {shares} | {f.evidence} |")
+        m = self.common_mode
+        if m is not None:
+            lines += ["", (f"Common mode (sum of the class means): Rayleigh quotient {m.rayleigh:.4g} against the threshold "
+                           f"{e.threshold:.4g}; {m.in_outliers:.2f} of it lies in the outlier eigenspace and {m.in_separated:.2f} in "
+                           f"the separated one: {'one of the outliers' if m.separated else 'not among the outliers'}.")]
         return "\n".join(lines) + "\n"
 
     def figure(self, columns: int = 3):
         """Log-densities of ``A`` (grey) and of each knockout over it (Papyan 2020, Fig. 5
-        style), separated eigenvalues marked as ticks and the threshold as a dashed
-        line; the x range is the support of ``A`` (zero eigenvalues of projection
+        style), separated eigenvalues marked as ticks and each panel's threshold as a
+        dashed line; the x range is the support of ``A`` (zero eigenvalues of projection
         knockouts, at ``log10(eps)``, may fall outside it)."""
         n = len(self.spectra)
         cols = min(columns, n)
@@ -339,7 +435,6 @@ class AttributionReport:
         fig, axes = new_figure(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
         base = self.spectra[0]
         eps = base.log_density.eps
-        y_thr = math.log10(abs(self.edge.threshold) + eps)
         floor = max(base.log_density.density.max(), 1e-300) * 1e-5
         support = base.log_density.grid[base.log_density.density > 10 * floor]
         xlim = (support.min() - 0.5, support.max() + 0.3) if support.size else None
@@ -349,10 +444,11 @@ class AttributionReport:
                 ax.semilogy(s.log_density.grid, np.maximum(s.log_density.density, floor), color="C3", lw=1.2, label=s.name)
             else:
                 ax.set_yscale("log")
-            sep = s.eigenvalues[s.eigenvalues > self.edge.threshold]
+            sep = s.eigenvalues[s.eigenvalues > s.threshold]
             ax.plot(np.log10(np.abs(sep) + eps), np.full(sep.size, floor * 3), "|", color="C0", ms=10, mew=0.6,
                     label="separated eigenvalues")
-            ax.axvline(y_thr, color="k", ls="--", lw=0.8, label="edge threshold")
+            ax.axvline(math.log10(abs(s.threshold) + eps), color="k", ls="--", lw=0.8,
+                       label="own edge threshold" if s.edge is not None else "edge threshold")
             if xlim is not None:
                 ax.set_xlim(*xlim)
             ax.set_title(f"{s.name}: {s.num_separated} separated", fontsize=9)
@@ -424,11 +520,132 @@ def _certificate(kind: str, rank: int | None, top_a, res_a, n_a: int, top_k, res
     )
 
 
+# --------------------------------------------------------------------------- features, shares, verdicts
+def _residual_span(Q: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of ``(I - T T^T) range(Q)`` for orthonormal ``Q`` and ``T``: the
+    directions of ``range(Q)`` outside ``range(T)`` (singular values of the residual
+    above ``sqrt(eps)``; they lie in ``[0, 1]``)."""
+    R = Q - taken @ (taken.T @ Q)
+    if R.shape[1] == 0:
+        return R
+    U, S, _ = torch.linalg.svd(R, full_matrices=False)
+    return U[:, S > _span_rtol(Q.dtype)]
+
+
+def _feature_bases(features: Mapping[str, str], bases: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The range defining each feature, in the order given: ``range(B_f)`` with the
+    ranges of the earlier features' components removed (the bump: the cross range
+    after the class-mean span)."""
+    out: dict[str, torch.Tensor] = {}
+    taken: torch.Tensor | None = None
+    for f, c in features.items():
+        Q = bases[c]
+        out[f] = Q if taken is None else _residual_span(Q, taken)
+        taken = Q if taken is None else torch.cat([taken, out[f]], dim=1)
+    return out
+
+
+def _quotient(op: SymmetricOperator, U: torch.Tensor) -> float:
+    """``sum_k u_k^T B u_k = Tr(U^T B U)`` (float64) for the columns ``u_k`` of ``U``."""
+    if U.shape[1] == 0:
+        return 0.0
+    BU = op.matmat(U.to(dtype=op.dtype, device=op.device)).to(dtype=torch.float64, device=U.device)
+    return float((U.to(torch.float64) * BU).sum())
+
+
+def _normalised(values: Mapping[str, float]) -> dict[str, float]:
+    total = sum(values.values())
+    return {n: (v / total if total != 0 else float("nan")) for n, v in values.items()}
+
+
+def _complement_trace(comp: Component, U: torch.Tensor, seed: int, num_probes: int = 32) -> float:
+    """``Tr((I - U U^T) B (I - U U^T)) = Tr B - Tr(U^T B U)`` for orthonormal ``U``, exact
+    when ``Tr B`` is known, else Hutchinson's estimate from ``num_probes`` seeded
+    Rademacher probes projected off ``U``."""
+    if comp.trace is not None:
+        return comp.trace - _quotient(comp.operator, U)
+    gen = torch.Generator().manual_seed(seed)
+    Z = (2.0 * torch.randint(0, 2, (comp.operator.size, num_probes), generator=gen) - 1.0).to(dtype=torch.float64, device=U.device)
+    U64 = U.to(torch.float64)
+    Z = Z - U64 @ (U64.T @ Z)
+    return _quotient(comp.operator, Z) / num_probes
+
+
+def _check_common_mode(vector: Any, size: int) -> torch.Tensor:
+    m = torch.as_tensor(vector).reshape(-1).to(torch.float64)
+    if m.numel() != size:
+        raise ValueError(f"common_mode: expected a vector of length {size}, got {m.numel()}")
+    if not float(torch.linalg.vector_norm(m)) > 0:
+        raise ValueError("common_mode: the zero vector has no direction")
+    return m
+
+
+def _common_mode(
+    m: torch.Tensor, A: SymmetricOperator, comps: Mapping[str, Component], U_out: torch.Tensor, U_sep: torch.Tensor,
+    overlap_threshold: float,
+) -> CommonMode:
+    m = m.to(U_sep.device)
+    norm = float(torch.linalg.vector_norm(m))
+    u = (m / norm)[:, None]
+
+    def share(V: torch.Tensor) -> float:
+        return float(((V.to(torch.float64).T @ u) ** 2).sum()) if V.shape[1] else 0.0
+
+    in_out = share(U_out)
+    return CommonMode(
+        norm=norm,
+        rayleigh=_quotient(A, u),
+        shares=_normalised({n: _quotient(c.operator, u) for n, c in comps.items()}),
+        in_outliers=in_out,
+        in_separated=share(U_sep),
+        separated=bool(in_out >= overlap_threshold),
+    )
+
+
+def _decide(
+    f: str, others: Sequence[str], subs: Mapping[str, KnockoutSpectrum], projs: Mapping[str, KnockoutSpectrum],
+    knockouts: Mapping[str, Component], mass_a: float, vanish: float, stay: float,
+) -> tuple[str, str | None, str]:
+    """The verdict of feature ``f`` by subtraction: attributable to the smallest knockout
+    ``K`` (no part of a combined ``K`` does it alone) with ``A - K`` removing ``f``
+    (``retained <= vanish``; bulk: mass ratio) while every feature in ``others`` stays
+    (``>= stay``); several such ``K``, or none: not attributable. Returns ``(verdict,
+    component, evidence)``; projections enter the evidence only."""
+    measure = "bulk mass ratio" if f == "bulk" else "retained"
+
+    def value(s: KnockoutSpectrum, g: str) -> float:
+        return s.bulk_mass / mass_a if g == "bulk" else s.retained[g]
+
+    removes = {K: value(s, f) <= vanish for K, s in subs.items()}
+    moved = {K: [g for g in others if value(s, g) < stay] for K, s in subs.items()}
+    candidates = [K for K in subs if removes[K] and not moved[K]]
+    minimal = [K for K in candidates if not any(p in candidates for p in knockouts[K].parts)]
+
+    def projection(K: str) -> str:
+        s = projs.get(K)
+        return "" if s is None else f"; projection {s.name}: {measure} {value(s, f):.2f} (evidence)"
+
+    if len(minimal) == 1:
+        K = minimal[0]
+        return "attributable", K, f"subtraction {subs[K].name}: {measure} {value(subs[K], f):.2f}, the other features stay{projection(K)}"
+    if minimal:
+        listed = ", ".join(f"{subs[K].name} ({measure} {value(subs[K], f):.2f})" for K in minimal)
+        return "not attributable", None, f"several subtractions remove it alone: {listed}"
+    notes = [f"{subs[K].name} removes it but also moves {', '.join(moved[K])}" for K in subs if removes[K]]
+    if not notes:
+        K = min(subs, key=lambda K: value(subs[K], f))
+        notes = [f"lowest {measure} {value(subs[K], f):.2f}, under {subs[K].name}"]
+    return "not attributable", None, "no subtraction removes it while the rest stays (" + "; ".join(notes) + ")"
+
+
+# --------------------------------------------------------------------------- the analysis
 def attribute(
     A: Any,
     components: Mapping[str, Any],
     *,
     features: Mapping[str, str] | None = None,
+    combine: Mapping[str, Sequence[str]] | None = None,
+    common_mode: Any = None,
     num_top: int | None = None,
     eigensolver: str = "subspace",
     eig_tol: float = 1e-4,
@@ -445,17 +662,26 @@ def attribute(
     seed: int = 0,
     show_progress: bool = False,
 ) -> AttributionReport:
-    """Attribute the outliers, bump(s) and bulk of ``A`` to its ``components``.
+    """Attribute the outliers, bump(s) and bulk of ``A`` to its ``components``
+    (the rule and its reasons: ``docs/attribution.md``).
 
     ``features`` maps a feature name to the low-rank component whose range defines
-    it: a separated eigenvalue of ``A`` belongs to the feature whose defining range
-    holds the largest share of its eigenvector, if that share is at least
-    ``overlap_threshold`` (default ``{"outliers": "class", "bump": "cross"}`` restricted
-    to the components given). ``bulk`` is the rest of the spectrum; its mass is that
-    in ``(zero_tol, threshold]`` (default ``zero_tol``: ``1e-6 |lambda_1|``).
+    it, in order: a separated eigenvalue of ``A`` belongs to the first feature whose
+    defining range, with the ranges of the earlier features' components removed,
+    holds at least ``overlap_threshold`` of its eigenvector (default
+    ``{"outliers": "class", "bump": "cross"}`` restricted to the components given:
+    the outliers by the class-mean span, the bump by the cross range outside it).
+    ``bulk`` is the rest of the spectrum; its mass is that in ``(zero_tol,
+    threshold]`` (default ``zero_tol``: ``1e-6 |lambda_1|``).
+
+    ``combine`` names combined knockouts, ``{name: (part, part, ...)}`` (default
+    ``{"class+diag": ("class", "diag")}`` when both are given). ``common_mode``: a
+    vector of length ``p`` (the sum of the class means) reported as a
+    :class:`CommonMode`, or None.
 
     ``num_top`` eigenpairs of ``A`` (default: the summed ranks of the low-rank
-    components plus 16), and ``n_sep(A) + 8`` of each knockout, come from
+    components plus 16), and ``n_sep(A) + 8`` of each low-rank knockout
+    (``num_top`` of a full-rank one), come from
     :func:`theory.spectral.top_eigenpairs` (``eigensolver="subspace"``: block
     subspace iteration to relative residual ``eig_tol``, or a fixed
     ``num_iterations``) or, when the caller asks for it with
@@ -469,10 +695,11 @@ def attribute(
 
     A feature vanishes under a knockout when ``retained <= vanish`` (bulk:
     ``bulk_mass <= vanish`` times that of ``A``) and stays when ``retained >= stay``
-    (bulk: mass ratio ``>= stay``). It is attributable to ``B`` when it vanishes
-    under every knockout of ``B`` (subtraction, and projection if low-rank) while
-    every other nonempty feature stays under them, and ``B`` is the only such
-    component.
+    (bulk: mass ratio ``>= stay``). It is attributable to ``B`` when the
+    subtraction ``A - B`` makes it vanish while every other nonempty feature stays,
+    and ``B`` is the only smallest such knockout (a combined knockout counts only
+    when none of its parts does it alone); the projection knockouts are reported
+    in the evidence, not used in the decision.
     """
     A = as_operator(A)
     if not components:
@@ -486,6 +713,16 @@ def attribute(
                 f"components[{name!r}]: dtype/device ({c.operator.dtype}, {c.operator.device}) differ from A's "
                 f"({A.dtype}, {A.device})"
             )
+    if combine is None:
+        combine = {"class+diag": ("class", "diag")} if {"class", "diag"} <= comps.keys() else {}
+    knockouts = dict(comps)
+    for name, parts in combine.items():
+        if name in comps:
+            raise ValueError(f"combine[{name!r}]: the name of a component; name the combined knockout otherwise")
+        missing = [q for q in parts if q not in comps]
+        if missing or len(set(parts)) < 2:
+            raise ValueError(f"combine[{name!r}]: expected at least two distinct names of components {list(comps)}, got {list(parts)}")
+        knockouts[name] = combine_components(name, [comps[q] for q in parts])
     low_rank = [n for n, c in comps.items() if c.basis is not None]
     if features is None:
         features = {f: c for f, c in {"outliers": "class", "bump": "cross"}.items() if c in low_rank}
@@ -496,6 +733,9 @@ def attribute(
             raise ValueError("features: 'bulk' is reserved for the rest of the spectrum")
     if not (0 <= vanish < stay <= 1):
         raise ValueError(f"vanish, stay: expected 0 <= vanish < stay <= 1, got {vanish}, {stay}")
+    check_real("overlap_threshold", overlap_threshold, 0.0, 1.0, low_open=True)
+    if common_mode is not None:
+        common_mode = _check_common_mode(common_mode, A.size)
     if eigensolver not in ("subspace", "dense"):
         raise ValueError(f"eigensolver: expected 'subspace' or 'dense', got {eigensolver!r}")
     p = A.size
@@ -532,8 +772,8 @@ def attribute(
     if zero_tol is None:
         zero_tol = 1e-6 * float(np.max(np.abs(pairs.eigenvalues)))
 
-    def bulk_mass(d: SpectralDensity) -> float:
-        return float(d.weights[(d.nodes > zero_tol) & (d.nodes <= thr)].sum())
+    def bulk_mass(d: SpectralDensity, threshold: float) -> float:
+        return float(d.weights[(d.nodes > zero_tol) & (d.nodes <= threshold)].sum())
 
     U = pairs.eigenvectors
     sep = pairs.eigenvalues > thr
@@ -541,119 +781,115 @@ def attribute(
     U64 = U.to(torch.float64)
     overlaps = np.stack([((bases[n].T @ U64) ** 2).sum(dim=0).cpu().numpy() for n in low_rank], axis=1) if low_rank else np.zeros((U.shape[1], 0))
 
-    # --- features by overlap with their defining ranges
+    # --- features, in order, by overlap with their defining ranges
     feat_names = list(features)
-    members: dict[str, np.ndarray] = {f: np.zeros(0, dtype=int) for f in feat_names}
-    unassigned = np.zeros(0, dtype=int)
-    if feat_names:
-        cols = [low_rank.index(features[f]) for f in feat_names]
-        share = overlaps[:, cols]
-        best = share.argmax(axis=1)
-        owned = share.max(axis=1) >= overlap_threshold
-        for fi, f in enumerate(feat_names):
-            members[f] = np.flatnonzero(sep & owned & (best == fi))
-        unassigned = np.flatnonzero(sep & ~owned)
-    else:
-        unassigned = np.flatnonzero(sep)
-    if unassigned.size:
+    defining = _feature_bases(features, bases)
+    feature_overlaps = {f: ((defining[f].T @ U64) ** 2).sum(dim=0).cpu().numpy() for f in feat_names}
+    members: dict[str, np.ndarray] = {}
+    free = sep.copy()
+    for f in feat_names:
+        members[f] = np.flatnonzero(free & (feature_overlaps[f] >= overlap_threshold))
+        free[members[f]] = False
+    if free.any():
         feat_names.append("other separated")
-        members["other separated"] = unassigned
+        members["other separated"] = np.flatnonzero(free)
     sep_feats = [f for f in feat_names if members[f].size]
     Uf = {f: U[:, members[f]] for f in feat_names}
 
-    def summarize(name, kind, comp, op, top, cert_rank, lin=None, log=None) -> KnockoutSpectrum:
+    def summarize(name, kind, comp, op, top, cert_rank, own_edge=None, lin=None, log=None) -> KnockoutSpectrum:
         vals = top.eigenvalues
-        n_sep = int(np.sum(vals > thr))
+        threshold = thr if own_edge is None else max(own_edge.threshold, zero_tol)
+        n_sep = int(np.sum(vals > threshold))
         if lin is None:
             lin, log = spectral_densities(op, dens, bounds=bounds, check_symmetry=False)
-        Usep = top.eigenvectors[:, vals > thr]
+        Usep = top.eigenvectors[:, vals > threshold]
         retained = {f: _retained(Usep, Uf[f]) for f in feat_names}
         cert = None
-        if cert_rank is not False:
-            cert = _certificate(kind, cert_rank, pairs.eigenvalues, pairs.residuals, edge.num_separated, vals, top.residuals, n_sep, A.dtype)
+        if cert_rank is not False:  # counts at the threshold of A, where the bounds hold
+            cert = _certificate(kind, cert_rank, pairs.eigenvalues, pairs.residuals, edge.num_separated, vals, top.residuals,
+                                int(np.sum(vals > thr)), A.dtype)
         return KnockoutSpectrum(
-            name, kind, comp, vals, top.residuals, n_sep, bool(n_sep >= vals.size), bulk_mass(lin),
-            retained, cert, lin, log, top.eigenvectors,
+            name, kind, comp, vals, top.residuals, float(threshold), own_edge, n_sep, bool(n_sep >= vals.size),
+            bulk_mass(lin, threshold), retained, cert, lin, log, top.eigenvectors,
         )
 
-    spectra = [summarize("A", "original", None, A, pairs, False, lin_a, log_a)]
+    spectra = [summarize("A", "original", None, A, pairs, False, lin=lin_a, log=log_a)]
+    subs: dict[str, KnockoutSpectrum] = {}
+    projs: dict[str, KnockoutSpectrum] = {}
     k_knock = int(min(edge.num_separated + 8, p - 2))
-    for name, c in comps.items():
-        ops = [("subtraction", f"A - {name}", subtraction_knockout(A, c), c.rank if c.positive else False)]
+    for name, c in knockouts.items():
+        op = subtraction_knockout(A, c)
+        cert_rank = c.rank if c.positive else False  # None: B >= 0 of full rank, upper Weyl bound only
+        if c.basis is None:  # removes a full-rank part: its own bulk edge
+            top_k = top(op, num_top)
+            own = estimate_bulk_edge(top_k.eigenvalues, p, bulk=bulk_density(op, top_k, settings=dens, check_symmetry=False).bulk,
+                                     margin=edge_margin, fit_fraction=fit_fraction)
+            subs[name] = summarize(f"A - {name}", "subtraction", name, op, top_k, cert_rank, own)
+        else:
+            subs[name] = summarize(f"A - {name}", "subtraction", name, op, top(op, k_knock), cert_rank)
+        spectra.append(subs[name])
         if c.basis is not None:
-            ops.append(("projection", f"P⊥ A P⊥ ({name})", projection_knockout(A, c), c.rank))
-        for kind, label, op, cert_rank in ops:  # cert_rank None: B >= 0 of full rank, upper Weyl bound only
-            spectra.append(summarize(label, kind, name, op, top(op, k_knock), cert_rank))
+            op = projection_knockout(A, c)
+            projs[name] = summarize(f"P⊥ A P⊥ ({name})", "projection", name, op, top(op, k_knock), c.rank)
+            spectra.append(projs[name])
 
-    # --- verdicts
+    # --- verdicts and shares
     mass_a = spectra[0].bulk_mass
+    U_sep = U[:, sep]
     verdicts = []
     for f in feat_names + ["bulk"]:
         size = int(members[f].size) if f != "bulk" else int(p - edge.num_separated)
         vals = pairs.eigenvalues[members[f]] if f != "bulk" else np.zeros(0)
         defined_by = features.get(f) if f != "bulk" else None
+        overlap = float(feature_overlaps[f][members[f]].mean()) if f in feature_overlaps and size else float("nan")
         if f != "bulk" and size == 0:
             verdicts.append(FeatureVerdict(
                 f, defined_by, 0, vals, "absent", None, [], [],
                 f"no eigenvalue above the threshold {thr:.4g} has at least {overlap_threshold:g} of its "
-                f"eigenvector in range({defined_by})",
+                f"eigenvector in range({defined_by})" + (" outside the earlier features' ranges" if f != feat_names[0] else ""),
+                {}, overlap,
             ))
             continue
+        if f == "bulk":
+            shares = _normalised({n: _complement_trace(c, U_sep, seed) for n, c in comps.items()})
+        else:
+            shares = _normalised({n: _quotient(c.operator, Uf[f]) for n, c in comps.items()})
 
-        def gone(s: KnockoutSpectrum) -> bool:
+        def gone(s: KnockoutSpectrum, f: str = f) -> bool:
             return s.bulk_mass <= vanish * mass_a if f == "bulk" else s.retained[f] <= vanish
 
-        def others_stay(s: KnockoutSpectrum) -> bool:
-            ok = all(s.retained[g] >= stay for g in sep_feats if g != f)
-            return ok and (f == "bulk" or s.bulk_mass >= stay * mass_a)
+        def kept(s: KnockoutSpectrum, f: str = f) -> bool:
+            return s.bulk_mass >= stay * mass_a if f == "bulk" else s.retained[f] >= stay
 
-        vanish_under = [s.name for s in spectra[1:] if gone(s)]
-        stays_under = [s.name for s in spectra[1:] if not gone(s) and (s.bulk_mass >= stay * mass_a if f == "bulk" else s.retained[f] >= stay)]
-        candidates = []
-        notes = []
-        for name in comps:
-            mine = [s for s in spectra[1:] if s.component == name]
-            if all(gone(s) for s in mine) and all(others_stay(s) for s in mine):
-                candidates.append(name)
-            elif any(gone(s) for s in mine):
-                why = "the knockouts disagree" if not all(gone(s) for s in mine) else "other features vanish too"
-                notes.append(f"{name}: {why}")
-        measure = "bulk mass ratio" if f == "bulk" else "retained"
+        others = [g for g in sep_feats if g != f] + (["bulk"] if f != "bulk" else [])
+        verdict, name, evidence = _decide(f, others, subs, projs, knockouts, mass_a, vanish, stay)
+        if f in feature_overlaps:
+            evidence += f"; mean overlap with its defining range {overlap:.2f}"
+        verdicts.append(FeatureVerdict(
+            f, defined_by, size, vals, verdict, name, [s.name for s in spectra[1:] if gone(s)],
+            [s.name for s in spectra[1:] if kept(s)], evidence, shares, overlap,
+        ))
 
-        def value(s: KnockoutSpectrum) -> float:
-            return s.bulk_mass / mass_a if f == "bulk" else s.retained[f]
-
-        if len(candidates) == 1:
-            name = candidates[0]
-            detail = ", ".join(f"{s.kind} {measure} {value(s):.2f}" for s in spectra[1:] if s.component == name)
-            ov = ""
-            if f != "bulk" and name in low_rank:
-                ov = f"; mean overlap with range({name}) {overlaps[members[f], low_rank.index(name)].mean():.2f}"
-            verdicts.append(FeatureVerdict(
-                f, defined_by, size, vals, "attributable", name, vanish_under, stays_under,
-                f"vanishes under {name} ({detail}) while the other features stay{ov}",
-            ))
-        else:
-            why = (f"several components remove it alone: {', '.join(candidates)}" if candidates
-                   else "no single component's knockouts remove it while the rest stays")
-            if notes:
-                why += " (" + "; ".join(notes) + ")"
-            verdicts.append(FeatureVerdict(f, defined_by, size, vals, "not attributable", None, vanish_under, stays_under, why))
-
+    mode = None
+    if common_mode is not None:
+        U_out = Uf[feat_names[0]] if features else U[:, :0]
+        mode = _common_mode(common_mode, A, comps, U_out, U_sep, overlap_threshold)
     settings = dict(
         num_top=num_top, eig_tol=eig_tol, edge_margin=edge_margin, fit_fraction=fit_fraction,
         overlap_threshold=overlap_threshold, vanish=vanish, stay=stay, zero_tol=zero_tol, log_eps=dens.eps,
-        density=dens, density_clamped=clamped, features=dict(features), seed=seed,
+        density=dens, density_clamped=clamped, features=dict(features), combine={n: list(v) for n, v in combine.items()}, seed=seed,
     )
     return AttributionReport(
         size=p,
-        components={n: c.rank for n, c in comps.items()},
+        components={n: c.rank for n, c in knockouts.items()},
         edge=edge,
         eigenvalues=pairs.eigenvalues,
         overlaps=overlaps,
         overlap_components=low_rank,
+        feature_overlaps=feature_overlaps,
         spectra=spectra,
         features=verdicts,
+        common_mode=mode,
         settings=settings,
     )
 
@@ -661,12 +897,18 @@ def attribute(
 def attribute_decomposition(decomposition: CrossClassDecomposition | FeatureDecomposition, **kwargs: Any) -> AttributionReport:
     """:func:`attribute` for ``A = decomposition.total_operator()`` and its parts:
     class / cross / diag / within for three-index vectors (outliers defined by the
-    class range, the bump by the cross range), class / within for features
-    (outliers by the span of the class means, global mean included)."""
+    class range, the bump by the cross range outside it, the combined knockout
+    ``class+diag``, the common mode ``sum_c P_c v_c``), class / within for features
+    (outliers by the span of the class means, global mean included, which is the
+    common mode)."""
     if isinstance(decomposition, CrossClassDecomposition):
         comps = {n: decomposition.parts[n] for n in ("class", "cross", "diag", "within")}
+        means = decomposition.class_means
+        mode = torch.as_tensor(decomposition.class_weights, dtype=means.dtype, device=means.device) @ means
     elif isinstance(decomposition, FeatureDecomposition):
         comps = {"class": decomposition.class_part, "within": decomposition.within_part}
+        mode = decomposition.global_mean
     else:
         raise TypeError(f"decomposition: expected a CrossClassDecomposition or FeatureDecomposition, got {type(decomposition).__name__}")
+    kwargs.setdefault("common_mode", mode)
     return attribute(decomposition.total_operator(), comps, **kwargs)
