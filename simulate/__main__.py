@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--n-test", type=int, help=f"test examples per class {d('n_test_per_class')}")
     study.add_argument("--snrs", type=float, nargs="+", help=f"SNR values s = t^2 >= 0 {d('snrs')}")
     study.add_argument("--attribution-snrs", type=float, nargs="+",
-                       help=f"SNRs (values of --snrs) with an attribution report {d('attribution_snrs')}; "
+                       help=f"SNRs with an attribution report, trained and positive control (those not in --snrs get a fit of their own) {d('attribution_snrs')}; "
                        "with --snrs given: its lowest, middle and highest")
     study.add_argument("--seeds", type=int, help=f"seeds per point {d('seeds')}")
     study.add_argument("--penalty", type=float, help=f"ridge penalty of the MLR fit {d('penalty')}")

@@ -97,13 +97,19 @@ def test_study_writes_every_output(quick_study):
             "predicted_vs_measured.png", "finite_samples.png", "attribution"} <= names
     assert not any(n.endswith(".tmp") for n in names)
     st = study_settings(quick=True)
-    assert len(list((out / "attribution").glob("*.md"))) == len(st.attribution_snrs) * len(st.classes)
+    # a trained report and a positive-control report per (C, attribution SNR)
+    assert len(list((out / "attribution").glob("*_control.md"))) == len(st.attribution_snrs) * len(st.classes)
+    assert len(list((out / "attribution").glob("*.md"))) == 2 * len(st.attribution_snrs) * len(st.classes)
     assert set(res) >= {"settings", "points", "symmetric", "asymmetric", "attribution", "summary", "seconds"}
     assert len(res["points"]) == len(st.classes) * len(st.snrs) * st.seeds
     point = res["points"][0]
-    for key in ("alpha", "ratio", "predicted_error", "predicted_error_bbp", "test_error", "bayes_error", "theorem_ratio", "spectrum"):
+    for key in ("alpha", "ratio", "predicted_error", "predicted_error_bbp", "test_error", "bayes_error", "theorem_ratio",
+                "spectrum", "measures", "c6_predicted_error"):
         assert key in point
-    assert set(point["spectrum"]) >= {"outliers", "bulk", "mini_bulk", "bulk_edge", "gamma_eff", "num_separated"}
+    # the theory Spectrum record, with its convergence, and the study's quantities derived from it
+    assert set(point["spectrum"]) >= {"outliers", "top", "density", "log_density", "num_products", "settings"}
+    assert set(point["spectrum"]["top"]) >= {"eigenvalues", "residuals", "converged"}
+    assert set(point["measures"]) >= {"bulk", "mini_bulk", "bulk_edge", "gamma_eff", "num_separated", "num_class_outliers", "converged"}
     report = (out / "report.md").read_text()
     assert "largest gap" in report.lower() and "## Every point" in report
     assert report.count("\n| 3 |") >= len(res["points"])
@@ -122,10 +128,10 @@ def test_study_numbers_are_sane(quick_study):
     for p in pts:
         C = p["num_classes"]
         assert 0 < p["alpha"] < 1 - 1 / C + 1e-9
-        assert p["spectrum"]["bulk"] > 0 and p["ratio"] >= 1
+        assert p["measures"]["bulk"] > 0 and p["ratio"] >= 1
         if p["snr"] == top:  # well separated: C outliers above the bulk, in the signal space
-            assert p["spectrum"]["num_separated"] == C
-            assert p["spectrum"]["signal_overlap"] > 0.8
+            assert p["measures"]["num_separated"] == C
+            assert p["measures"]["signal_overlap"] > 0.8
             assert p["ratio"] > 3
     low = [p["ratio"] for p in pts if p["snr"] == min(x["snr"] for x in pts)]
     high = [p["ratio"] for p in pts if p["snr"] == top]
@@ -136,17 +142,186 @@ def test_study_numbers_are_sane(quick_study):
 
 def test_study_attribution_known_answers(quick_study):
     """Far below the BBP threshold there is no signal: no outliers, and the whole Fisher is the
-    within-class part; far above it the C - 1 outliers of the class means are the class part."""
+    within-class part; far above it the outliers of the class means are the class(+diag) part."""
     _, res = quick_study
-    by_snr = {a["snr"]: a["verdicts"] for a in res["attribution"]}
+    by_snr = {a["snr"]: a["trained"]["verdicts"] for a in res["attribution"]}
     low, high = by_snr[min(by_snr)], by_snr[max(by_snr)]
     assert low["outliers"]["verdict"] == "absent"
     assert (low["bulk"]["verdict"], low["bulk"]["component"]) == ("attributable", "within")
-    assert (high["outliers"]["verdict"], high["outliers"]["component"]) == ("attributable", "class")
+    assert high["outliers"]["verdict"] == "attributable" and high["outliers"]["component"] in ("class", "class+diag")
+    assert high["outliers"]["size"] >= 2  # C - 1 at least: the common mode may be weak
+
+
+def test_positive_control_reads_the_theorem_at_the_highest_snr(quick_study):
+    """The symmetric-probability Fisher of Theorem 8.1 on the same data: C outliers of the
+    class-mean span (class+diag knockout; class alone suffices when alpha is small), C(C-2)
+    bump eigenvalues of the cross part, the rest within; its outliers' diag share over
+    class+diag is alpha (docs/attribution.md, Sec. 4)."""
+    _, res = quick_study
+    C = 3
+    top = max(res["attribution"], key=lambda a: a["snr"])
+    v = top["control"]["verdicts"]
+    assert (v["outliers"]["verdict"], v["outliers"]["size"]) == ("attributable", C)
+    assert v["outliers"]["component"] in ("class+diag", "class")
+    assert (v["bump"]["verdict"], v["bump"]["component"], v["bump"]["size"]) == ("attributable", "cross", C * (C - 2))
+    assert (v["bulk"]["verdict"], v["bulk"]["component"]) == ("attributable", "within")
+    sh = v["outliers"]["shares"]
+    assert sh["diag"] / (sh["class"] + sh["diag"]) == pytest.approx(top["alpha"], rel=0.05, abs=1e-4)
+    assert top["expected"] == {"outliers": True, "bump": True, "bulk": True}
+    row = res["summary"]["attribution"][str(C)]
+    assert row["control_agrees_with_theorem"][-1]
+    assert row["rows"][-1]["control"]["reads_paper"] == {"outliers": True, "bump": True, "bulk": True}
+
+
+def test_c6_no_prediction_below_separation():
+    """Far below the BBP threshold sqrt(D/n) no outlier leaves the bulk in the class-mean span:
+    no prediction (None), while the flat prediction still gives a number; well above it the
+    prediction exists and recovers the SNR."""
+    from simulate.study import configure, measure_point
+
+    st = configure(True, {"classes": (3,), "snrs": (0.02, 30.0)})
+    low, _ = measure_point(st, 3, 0.02, seed=0)
+    assert low.measures.num_class_outliers < 2
+    assert low.c6_ratio is None and low.c6_predicted_snr is None and low.c6_predicted_error is None
+    assert 0 < low.predicted_error < 1
+    high, _ = measure_point(st, 3, 30.0, seed=0)
+    assert high.measures.num_class_outliers >= 2
+    assert high.c6_predicted_error is not None
+    assert high.c6_predicted_snr == pytest.approx(30.0, rel=0.3)
+
+
+def test_c6_prediction_follows_its_rule():
+    """``c6_prediction`` on a point's measures: with the bulk edge moved above the outliers, or
+    their eigenvectors moved out of the class-mean span, there is no prediction; with only
+    C - 1 qualifying it predicts from their mean."""
+    from dataclasses import replace
+
+    from simulate.study import configure, measure_point
+    from simulate.study.measure import c6_prediction
+
+    st = configure(True, {"classes": (3,), "snrs": (30.0,)})
+    point, _ = measure_point(st, 3, 30.0, seed=0)
+    m, vals = point.measures, point.spectrum.top.eigenvalues
+    ratio, s_hat, err = c6_prediction(m, vals, 3, point.alpha_used)
+    keep = (vals > m.bulk_edge) & (m.class_span_overlaps >= 0.5)
+    assert keep.sum() >= 2
+    assert ratio == pytest.approx(vals[keep].mean() / m.bulk, rel=1e-12)
+    assert c6_prediction(replace(m, class_span_overlaps=np.ones(3)), vals, 3, point.alpha_used)[0] == pytest.approx(vals.mean() / m.bulk, rel=1e-12)
+    assert c6_prediction(replace(m, bulk_edge=vals.max() * 1.01), vals, 3, point.alpha_used) is None
+    assert c6_prediction(replace(m, class_span_overlaps=np.full(3, 0.4)), vals, 3, point.alpha_used) is None
+    two = c6_prediction(replace(m, class_span_overlaps=np.array([0.9, 0.9, 0.1])), vals, 3, point.alpha_used)
+    assert two[0] == pytest.approx(vals[:2].mean() / m.bulk, rel=1e-12)
+
+
+def test_class_span_basis_is_the_range_of_the_class_part():
+    """The closed form ``P_c v_c = -sum_{i in c} p_{i,c} x_i (x) (p_i - e_c)`` spans the range of
+    the class part of ``theory.structure``'s decomposition of the extended gradients."""
+    from simulate.fisher import mlr_extended_gradients
+    from simulate.mixtures import canonical_mixture
+    from simulate.study.measure import class_span_basis
+    from theory.structure import CrossClassAccumulator
+
+    C, D = 4, 7
+    data = canonical_mixture(C, D, 3.0).sample(40, 2)
+    W = np.random.default_rng(0).standard_normal((C, D))
+    grads = mlr_extended_gradients(data.X, W, data.labels)
+    acc = CrossClassAccumulator(C)
+    for batch in grads.batches(64):
+        acc.update(batch.v, batch.labels, batch.probs)
+    means = acc.finalize().class_means.numpy()
+    Q = class_span_basis(data.X, data.labels, grads.probs).numpy()
+    ref = np.linalg.qr(means.reshape(C, -1).T)[0]
+    np.testing.assert_allclose(np.linalg.svd(Q.T @ ref, compute_uv=False), 1.0, atol=1e-10)
+    # without the -e_c of the cell (x_i (x) p_i) the span is another one
+    wrong = np.stack([((data.X[data.labels == c] * grads.probs[data.labels == c, c:c + 1]).T @ grads.probs[data.labels == c]).reshape(-1)
+                      for c in range(C)], axis=1)
+    assert np.linalg.svd(Q.T @ np.linalg.qr(wrong)[0], compute_uv=False).min() < 0.99
+
+
+def test_nonconvergence_is_carried_not_silenced(recwarn):
+    """An eigensolve stopped after one iteration: ``converged`` is False in the Spectrum record
+    and the measures, no warning is printed, the summary counts it and the report says where."""
+    from simulate.study import configure, measure_point
+    from simulate.study.report import convergence_line
+    from simulate.study.summary import convergence_summary
+
+    st = configure(True, {"classes": (3,), "snrs": (0.5,)})
+    from dataclasses import replace
+
+    point, _ = measure_point(replace(st, max_iterations=1), 3, 0.5, seed=0)
+    assert not point.spectrum.top.converged and not point.measures.converged
+    assert not [w for w in recwarn if "not converged" in str(w.message)]
+    conv = convergence_summary([point], [], [])
+    assert conv["num_unconverged"] >= 1
+    line = convergence_line(conv)
+    assert "did not converge" in line and "C = 3, SNR 0.5, seed 0" in line
+    good, _ = measure_point(st, 3, 8.0, seed=0)
+    assert good.measures.converged
+    assert "every eigensolve converged" in convergence_line(convergence_summary([good], [], []))
+
+
+def test_recorded_nonconvergence_reissues_other_warnings():
+    import warnings
+
+    from simulate.study.measure import recorded_nonconvergence
+
+    with pytest.warns(UserWarning, match="something else"):
+        with recorded_nonconvergence() as found:
+            warnings.warn("top_eigenpairs: not converged after 3 iterations", RuntimeWarning)
+            warnings.warn("something else", UserWarning)
+    assert found == ["top_eigenpairs: not converged after 3 iterations"]
+
+
+def test_report_sentences_follow_the_numbers(quick_study):
+    """The C6 and attribution conclusions are computed: change the numbers and the sentence
+    changes; a conclusion the numbers do not support does not print."""
+    import copy
+
+    from simulate.study.report import attribution_lines, c6_lines, failure_lines
+
+    _, res = quick_study
+    st = study_settings(quick=True)
+    c6 = res["summary"]["c6"]
+    assert c6["num_predicted"] > 0
+    strong = copy.deepcopy(c6)
+    strong["pearson"].update(prediction_vs_test=0.99, bayes_vs_test=0.5, train_vs_test=0.4)
+    strong["snr_recovery"]["fraction_within_25_percent"] = 0.9
+    text = "\n".join(c6_lines(st, strong))
+    assert "more than either reference" in text and "so it locates the SNR" in text
+    assert "Both references" not in text and "does not locate" not in text
+    weak = copy.deepcopy(c6)
+    weak["pearson"].update(prediction_vs_test=0.3, bayes_vs_test=0.5, train_vs_test=0.4)
+    weak["snr_recovery"]["fraction_within_25_percent"] = 0.2
+    text = "\n".join(c6_lines(st, weak))
+    assert "Both references correlate with the test error at least as well" in text and "does not locate" in text
+    assert "more than either reference" not in text and "so it locates the SNR" not in text
+    none = copy.deepcopy(c6)
+    none["num_predicted"] = 0
+    assert "makes no C6 prediction" in "\n".join(c6_lines(st, none))
+
+    att = res["summary"]["attribution"]
+    text = "\n".join(attribution_lines(st, att))
+    assert f"reads Theorem 8.1's expected answer at {sum(att['3']['control_agrees_with_theorem'])} of" in text
+    broken = copy.deepcopy(att)
+    broken["3"]["control_agrees_with_theorem"][-1] = False
+    broken["3"]["trained_full_structure_at"] = None
+    text = "\n".join(attribution_lines(st, broken))
+    assert f"(not at SNR {broken['3']['rows'][-1]['snr']:g})" in text
+    assert "appears at none of these SNRs" in text
+
+    sm = copy.deepcopy(res["summary"])
+    sm["largest_gap"]["snr"] = 1e-3
+    sm["median_abs_gap_to_bayes"], sm["median_abs_gap"] = 0.01, 0.2
+    assert "below the BBP threshold" in failure_lines(st, sm)[0] and "closer to the Bayes error" in failure_lines(st, sm)[0]
+    sm["largest_gap"]["snr"] = 100.0
+    sm["median_abs_gap_to_bayes"], sm["median_abs_gap"] = 0.2, 0.01
+    for C in st.classes:
+        sm["per_class"][str(C)]["bulk_vs_theorem_rel"] = [0.1] * len(st.snrs)
+    assert failure_lines(st, sm) == []
 
 
 def test_fisher_spectrum_against_the_dense_fisher():
-    """Every number of :class:`FisherSpectrum` recomputed from the dense Fisher (extended
+    """Every number of :class:`FisherMeasures` (and the Spectrum record's outliers) recomputed from the dense Fisher (extended
     gradients, ``eigh``) and the class-mean span, independently of the study's code path."""
     from simulate.fisher import mlr_fisher_dense
     from simulate.study import configure, measure_point
@@ -164,8 +339,9 @@ def test_fisher_spectrum_against_the_dense_fisher():
     np.testing.assert_allclose(fit_mlr(train.X, train.labels, C, penalty=st.penalty, tol=st.solver_tol).W, W, rtol=0, atol=0)
     G = mlr_fisher_dense(train.X, W)
     evals, vecs = np.linalg.eigh(G)
-    spec = point.spectrum
-    np.testing.assert_allclose(np.sort(spec.outliers), evals[-C:], rtol=1e-4)
+    spec = point.measures
+    assert point.spectrum.top.converged and spec.converged and spec.bulk_edge_converged
+    np.testing.assert_allclose(np.sort(point.spectrum.outliers), evals[-C:], rtol=1e-4)
     means = np.stack([train.X[train.labels == c].mean(0) for c in range(C)], 1)
     Q = np.linalg.qr(means)[0]
     Pperp = np.kron(np.eye(D) - Q @ Q.T, np.eye(C))
@@ -192,6 +368,7 @@ def test_study_is_reproducible():
     b, _ = measure_point(st, 3, 4.0, seed=5)
     assert a.test_error == b.test_error and a.ratio == b.ratio
     np.testing.assert_array_equal(a.spectrum.outliers, b.spectrum.outliers)
+    assert a.c6_predicted_error == b.c6_predicted_error
 
 
 # --------------------------------------------------------------------------- argument errors
@@ -206,7 +383,7 @@ def test_study_is_reproducible():
         (["study", "--snrs", "1", "-0.5"], "--snrs: expected a finite number >= 0 (SNR s = t^2), got -0.5"),
         (["study", "--snrs", "1", "nan"], "--snrs: expected a finite number >= 0 (SNR s = t^2), got nan"),
         (["study", "--seeds", "0"], "--seeds: expected an integer >= 1, got 0"),
-        (["study", "--attribution-snrs", "7.5"], "--attribution-snrs: expected values of --snrs"),
+        (["study", "--attribution-snrs", "-2"], "--attribution-snrs: expected a finite number >= 0 (SNR s = t^2), got -2"),
         (["study", "--seed", "-1"], "--seed: expected an integer in [0, "),
         (["theorem", "--alpha", "0"], "(alpha in (0, 1 - 1/C] for every C in"),
         (["theorem", "--alpha", "0.8"], "(alpha in (0, 1 - 1/C] for every C in"),

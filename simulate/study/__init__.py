@@ -7,10 +7,15 @@ For each number of classes ``C``, SNR ``s`` and seed, on the canonical model
 1. fit MLR (Numba Newton-CG, ridge ``penalty``) and measure ``alpha`` = mean probability
    mass off the true class, the test error and the Bayes error ``P_err(sqrt(s), C)``;
 2. measure the empirical Fisher ``G = (1/N) sum_i (x_i x_i^T) (x) A(p_i)``, matrix-free:
-   the top ``C`` eigenvalues (the outliers) by subspace iteration, the density of the rest
-   after deflation, and the bulk value (below);
+   its :class:`theory.spectrum.Spectrum` (the top ``C`` eigenpairs, the outliers, with
+   ``converged`` and residuals; the density of the rest after deflation) and the study's
+   quantities from it (:class:`FisherMeasures`: the bulk value below, bulk edge, mini-bulk,
+   overlaps with the class-mean span);
 3. predict the error from the ratio ``r = mean(outliers) / bulk`` with Theorem 8.1:
    ``s_hat = (r - 1) b / (1 - alpha)``, ``P_err(sqrt(s_hat))``; compare with the test error.
+   Claim C6 honestly (``PointResult.c6_*``): only from outliers above the bulk edge and in the
+   class-mean span, "no prediction" below separation, against the test and the Bayes error
+   separately, next to two references (Bayes error at the true SNR, training error).
 
 **The measured bulk.** Theorem 8.1's bulk is an atom ``beta b`` on the
 ``(D - C)(C - 1)``-dimensional space ``span(e_C..e_{D-1}) (x) 1^perp``. At finite ``N`` it
@@ -35,9 +40,14 @@ them on the symmetric-probability Fisher (no training) and on the trained one.
 SNR ``s``) make the probabilities differ by class; the prediction is compared with the
 test error and the Bayes error of that mixture (optimal rule on fresh data) as ``eta`` grows.
 
-**Attribution.** At three SNRs the Fisher is split into class / cross / within / diag
-parts (``theory.structure``, from the extended gradients) and its outliers, bump and
-bulk are attributed by knockouts (``theory.attribution``).
+**Attribution.** At the attribution SNRs (three of the grid and two beyond it, where the
+paper's full structure appears in trained MLR) the Fisher is split into class / cross /
+within / diag parts (``theory.structure``, from the extended gradients) and its outliers,
+bump and bulk are attributed by knockouts (``theory.attribution``), next to a positive
+control: the symmetric-probability Fisher of Theorem 8.1 on the same data.
+
+**Convergence.** No eigensolver warning is switched off: every solve's ``converged`` is
+carried into the results, and ``report.md`` says how many did not converge and where.
 
 Run ``python -m simulate study --out runs/study`` (``--quick`` for the test settings).
 
@@ -52,10 +62,12 @@ from theory.runs import RunFolder
 
 from .figures import plot_attribution, plot_finite_samples, plot_predicted_vs_measured, plot_ratio_vs_error
 from .measure import (
+    AttributionRead,
     AttributionSummary,
-    FisherSpectrum,
+    FisherMeasures,
     PointResult,
     SymmetricPoint,
+    fisher_measures,
     fisher_spectrum,
     measure_point,
     symmetric_point,
@@ -69,12 +81,14 @@ __all__ = [
     "study_settings",
     "validate_settings",
     "configure",
-    "FisherSpectrum",
+    "FisherMeasures",
     "PointResult",
     "SymmetricPoint",
+    "AttributionRead",
     "AttributionSummary",
     "Study",
     "fisher_spectrum",
+    "fisher_measures",
     "measure_point",
     "symmetric_point",
     "run_study",

@@ -136,8 +136,8 @@ def plot_finite_samples(study: Study):
     for col, C in enumerate(classes):
         ax = axes[0, col]
         snrs, ratio = _by_snr(study.points, C, lambda p: p.ratio)
-        _, edge = _by_snr(study.points, C, lambda p: p.spectrum.bulk_edge / p.spectrum.bulk)
-        _, edge_mp = _by_snr(study.points, C, lambda p: p.spectrum.predicted_bulk_edge / p.spectrum.bulk)
+        _, edge = _by_snr(study.points, C, lambda p: p.measures.bulk_edge / p.measures.bulk)
+        _, edge_mp = _by_snr(study.points, C, lambda p: p.measures.predicted_bulk_edge / p.measures.bulk)
         _, theo = _by_snr(study.points, C, lambda p: p.theorem_ratio)
         _, fs = _by_snr(study.points, C, lambda p: p.finite_sample_ratio)
         sym = sorted((q for q in study.symmetric if q.num_classes == C), key=lambda q: q.snr)
@@ -153,7 +153,7 @@ def plot_finite_samples(study: Study):
         ax.set_ylabel("eigenvalue / bulk mean")
         ax.set_title(f"C={C}, D={study.settings.dim}, n={study.settings.n_per_class} per class (D/n = {gamma:.2f})", fontsize=9)
         ax = axes[1, col]
-        _, ov = _by_snr(study.points, C, lambda p: p.spectrum.signal_overlap)
+        _, ov = _by_snr(study.points, C, lambda p: p.measures.signal_overlap)
         ax.plot(snrs, ov, "o", color="tab:blue", label="trained")
         ax.plot([q.snr for q in sym], [q.signal_overlap for q in sym], "^", color="tab:green", label="symmetric p")
         fine = np.geomspace(snrs[0], snrs[-1], 300)

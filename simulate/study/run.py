@@ -25,8 +25,8 @@ __all__ = ["Study", "set_threads", "run_study"]
 
 @dataclass(frozen=True)
 class Study:
-    """All points, the symmetric-probability checks, the asymmetric sweep, the attribution
-    verdicts and the headline numbers (``summary``)."""
+    """All points, the symmetric-probability checks, the asymmetric sweep, the attributions
+    (trained and positive control, by ``(C, SNR)``) and the headline numbers (``summary``)."""
 
     settings: StudySettings
     points: list[PointResult]
@@ -52,15 +52,18 @@ def _run_indexed(task: tuple[int, StudySettings, tuple[Any, ...]]) -> tuple[int,
 
 
 def _run_job(
-    st: StudySettings, C: int, snr: float, seed: int, eta: float, symmetric: bool, attribution: bool, folder: str | None
+    st: StudySettings, C: int, snr: float, seed: int, eta: float, symmetric: bool, attribution: bool, folder: str | None,
+    in_grid: bool = True,
 ) -> tuple[PointResult, SymmetricPoint | None, AttributionSummary | None]:
     """One point of the study; when asked, also the symmetric-probability Fisher at the measured
-    alpha and the attribution (its report saved in ``folder``)."""
+    alpha and the attribution of the trained Fisher and its positive control (reports saved in
+    ``folder``; ``in_grid``: the point is one of the main grid's)."""
     result, objects = measure_point(st, C, snr, st.seed + seed, eta)
     sym = symmetric_point(st, C, snr, result.alpha_used, st.seed) if symmetric else None
-    summary = attribution_summary(st, C, snr, objects, st.seed) if attribution else None
+    summary = attribution_summary(st, C, snr, objects, st.seed, result.alpha_used, in_grid) if attribution else None
     if summary is not None and folder is not None:
-        summary.report.save(RunFolder(folder), summary.file_prefix)
+        summary.trained.report.save(RunFolder(folder), summary.file_prefix)
+        summary.control.report.save(RunFolder(folder), summary.file_prefix + "_control")
     return result, sym, summary
 
 
@@ -77,6 +80,8 @@ def run_study(st: StudySettings, show_progress: bool = True, attribution_folder:
     folder = None if attribution_folder is None else str(attribution_folder.path)
     jobs = [("main", C, s, seed, 0.0, seed == 0, seed == 0 and any(math.isclose(a, s) for a in st.attribution_snrs), folder)
             for C in st.classes for s in st.snrs for seed in range(st.seeds)]
+    jobs += [("attribution", C, s, 0, 0.0, False, True, folder, False)  # attribution SNRs beyond the grid: their own fit
+             for C in st.classes for s in st.attribution_snrs if not any(math.isclose(s, v) for v in st.snrs)]
     jobs += [("asym", st.asymmetry_classes, st.asymmetry_snr, seed, eta, False, False, None) for eta in st.asymmetry for seed in range(st.seeds)]
     results: list[tuple[PointResult, SymmetricPoint | None, AttributionSummary | None] | None] = [None] * len(jobs)
     if workers == 1:
@@ -96,7 +101,7 @@ def run_study(st: StudySettings, show_progress: bool = True, attribution_folder:
     points = [r[0] for job, r in zip(jobs, results) if job[0] == "main"]
     asym = [r[0] for job, r in zip(jobs, results) if job[0] == "asym"]
     symmetric = [r[1] for r in results if r[1] is not None]
-    attributions = [r[2] for r in results if r[2] is not None]
-    return Study(st, points, symmetric, asym, attributions, summarize(st, points, symmetric, asym), time.perf_counter() - start)
+    attributions = sorted((r[2] for r in results if r[2] is not None), key=lambda a: (a.num_classes, a.snr))
+    return Study(st, points, symmetric, asym, attributions, summarize(st, points, symmetric, asym, attributions), time.perf_counter() - start)
 
 
