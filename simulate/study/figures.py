@@ -26,8 +26,9 @@ def _short_verdict(v: dict[str, Any]) -> str:
 
 def plot_attribution(study: Study):
     """Rows: ``C``; columns: the attribution SNRs. Log-density of ``G`` (grey) and of the
-    knockouts ``P⊥GP⊥`` (class), ``P⊥GP⊥`` (cross) and ``G - within``; separated eigenvalues as
-    ticks; the verdicts in the title."""
+    knockouts ``P⊥GP⊥`` (class), ``P⊥GP⊥`` (cross) and ``G - within`` of the trained Fisher;
+    separated eigenvalues as ticks; the verdicts of the trained Fisher and of its positive
+    control in the title."""
     classes = sorted({a.num_classes for a in study.attribution})
     cols = max(sum(a.num_classes == C for a in study.attribution) for C in classes)
     fig, axes = new_figure(len(classes), cols, figsize=(4.4 * cols, 3.3 * len(classes)), squeeze=False)
@@ -35,7 +36,7 @@ def plot_attribution(study: Study):
     for row, C in enumerate(classes):
         for col, a in enumerate(sorted((a for a in study.attribution if a.num_classes == C), key=lambda a: a.snr)):
             ax = axes[row, col]
-            rep = a.report
+            rep = a.trained.report
             base = rep.spectra[0].log_density
             floor = max(base.density.max(), 1e-300) * 1e-5
             ax.fill_between(base.grid, floor, np.maximum(base.density, floor), color="0.8", label="G")
@@ -45,10 +46,11 @@ def plot_attribution(study: Study):
             ax.set_yscale("log")
             top = rep.eigenvalues[rep.eigenvalues > rep.edge.threshold]
             ax.plot(np.log10(np.abs(top) + base.eps), np.full(top.size, floor * 3), "|", color="k", ms=12, label=f"separated ({top.size})")
-            v = a.verdicts
+            v, w = a.trained.verdicts, a.control.verdicts
             ax.set_title(
                 f"C={C}, SNR {a.snr:g}: outliers→{_short_verdict(v['outliers'])}, "
-                f"bump→{_short_verdict(v['bump'])}, bulk→{_short_verdict(v['bulk'])}", fontsize=8,
+                f"bump→{_short_verdict(v['bump'])}, bulk→{_short_verdict(v['bulk'])}\n"
+                f"control: {_short_verdict(w['outliers'])} / {_short_verdict(w['bump'])} / {_short_verdict(w['bulk'])}", fontsize=8,
             )
             ax.set_xlabel("log10(|λ| + eps)", fontsize=8)
             ax.tick_params(labelsize=7)
