@@ -215,10 +215,12 @@ def top_eigenpairs(
     ``block_size`` to at least the multiplicity of a repeated wanted eigenvalue
     (one start vector finds one copy).
 
-    Stops after ``num_iterations`` restarts if given, else as soon as every wanted
-    residual ``|A v_i - theta_i v_i| <= max(tol |theta_i|, 10 eps |A|)`` (``eps`` of the
-    operator's dtype, ``tol`` raised to ``10 eps``; residuals from the stored images
-    ``A V``) or after ``max_iterations`` restarts with a :class:`ConvergenceWarning`.
+    Converged means: every wanted pair has Lanczos residual estimate
+    ``|B s_i| <= max(tol |theta_i|, eps |A|)`` and true residual
+    ``|A v_i - theta_i v_i| <= max(tol |theta_i|, 10 eps |A|)`` (from the stored images
+    ``A V``; ``eps`` of the operator's dtype, the round-off of its products). Stops
+    after ``num_iterations`` restarts if given, else once converged, or after
+    ``max_iterations`` restarts with a :class:`ConvergenceWarning`.
     """
     op = as_operator(op)
     p = op.size
@@ -239,7 +241,6 @@ def top_eigenpairs(
     op = prepare_operator(op, check_symmetry, seed)
 
     eps = float(torch.finfo(op.dtype).eps)
-    tol = max(tol, 10 * eps)
     early = num_iterations is None
     limit = max_iterations if early else num_iterations
     basis = _KrylovBasis(op, n_max, random_block(op, b, seed, None), seed)
@@ -248,8 +249,8 @@ def top_eigenpairs(
     def wanted(theta: np.ndarray) -> np.ndarray:
         return np.argsort(-_order_key(theta, which), kind="stable")[:k]
 
-    def criterion(theta: np.ndarray, sel: np.ndarray) -> np.ndarray:
-        return np.maximum(tol * np.abs(theta[sel]), 10 * eps * basis.anorm)
+    def criterion(theta: np.ndarray, sel: np.ndarray, floor: float) -> np.ndarray:
+        return np.maximum(tol * np.abs(theta[sel]), floor * eps * basis.anorm)
 
     it = 0
     for it in progress(range(1, limit + 1), total=limit, desc="lanczos", enabled=show_progress):
@@ -261,9 +262,9 @@ def top_eigenpairs(
             if basis.m >= k:
                 theta, S, est = basis.ritz()
                 sel = wanted(theta)
-                if early and bool(np.all(est[sel] <= criterion(theta, sel))):
+                if early and bool(np.all(est[sel] <= criterion(theta, sel, 1.0))):
                     _, res = basis.true_residuals(theta[sel], S[:, sel])
-                    done = bool(np.all(res <= criterion(theta, sel)))
+                    done = bool(np.all(res <= criterion(theta, sel, 10.0)))
             done = done or exhausted
             if full:
                 break
@@ -273,7 +274,7 @@ def top_eigenpairs(
         basis.restart(theta[top], S[:, top])
 
     Y, res = basis.true_residuals(theta[sel], S[:, sel])
-    converged = bool(np.all(res <= criterion(theta, sel)))
+    converged = bool(np.all(est[sel] <= criterion(theta, sel, 1.0)) and np.all(res <= criterion(theta, sel, 10.0)))
     if early and not converged:
         rel = res / np.maximum(np.abs(theta[sel]), np.finfo(float).tiny)
         warnings.warn(
