@@ -180,8 +180,6 @@ class _KrylovBasis:
         unprocessed = self.V[:, m : self.n].clone()
         self.V[:, :kk], self.W[:, :kk] = Y, AY
         self.V[:, kk : kk + u] = unprocessed
-        self.V[:, kk + u :] = 0.0
-        self.W[:, kk:] = 0.0
         self.H[:] = 0.0
         self.H[:kk, :kk] = np.diag(theta)
         self.H[kk : kk + u, :kk] = coupling
@@ -208,12 +206,14 @@ def top_eigenpairs(
     The basis ``V`` (float64, orthonormal by Gram-Schmidt twice, whatever the
     operator's dtype) grows by blocks of ``block_size`` columns ``A V_u`` to
     ``basis_size`` columns (default ``max(2k, 20) + 2 block_size``, at most ``p``);
-    Rayleigh-Ritz on ``V^T A V`` (float64) then keeps the wanted Ritz pairs, the
-    converged ones included (soft locking), and as many more next to them, and
-    the basis grows again from them (one iteration per restart). A Krylov space
-    needs no shift: the Ritz values at both ends converge first. Raise
-    ``block_size`` to at least the multiplicity of a repeated wanted eigenvalue
-    (one start vector finds one copy).
+    Rayleigh-Ritz on ``V^T A V`` (float64) then keeps the ``k`` wanted Ritz pairs,
+    converged ones included (soft locking: they stay in the basis, so later
+    vectors are orthogonal to them), and the next ``(basis_size - 2 block_size - k) / 2``,
+    and the basis grows again from them (one iteration per restart). A Krylov
+    space needs no shift: the Ritz values at both ends converge first. A block of
+    at least the multiplicity of a repeated wanted eigenvalue finds every copy at
+    once (one start vector finds the others only through round-off). Memory: two
+    float64 ``p x basis_size`` arrays (the basis and its images).
 
     Converged means: every wanted pair has Lanczos residual estimate
     ``|B s_i| <= max(tol |theta_i|, eps |A|)`` and true residual
@@ -246,8 +246,8 @@ def top_eigenpairs(
     basis = _KrylovBasis(op, n_max, random_block(op, b, seed, None), seed)
     keep = k + (n_max - 2 * b - k) // 2  # Ritz pairs kept at a restart
 
-    def wanted(theta: np.ndarray) -> np.ndarray:
-        return np.argsort(-_order_key(theta, which), kind="stable")[:k]
+    def ranked(theta: np.ndarray) -> np.ndarray:
+        return np.argsort(-_order_key(theta, which), kind="stable")
 
     def criterion(theta: np.ndarray, sel: np.ndarray, floor: float) -> np.ndarray:
         return np.maximum(tol * np.abs(theta[sel]), floor * eps * basis.anorm)
@@ -261,7 +261,7 @@ def top_eigenpairs(
             full = exhausted or (n_max < p and 2 * basis.n - basis.m > n_max)
             if basis.m >= k:
                 theta, S, est = basis.ritz()
-                sel = wanted(theta)
+                sel = ranked(theta)[:k]
                 if early and bool(np.all(est[sel] <= criterion(theta, sel, 1.0))):
                     _, res = basis.true_residuals(theta[sel], S[:, sel])
                     done = bool(np.all(res <= criterion(theta, sel, 10.0)))
@@ -270,7 +270,7 @@ def top_eigenpairs(
                 break
         if done or it == limit:
             break
-        top = np.argsort(-_order_key(theta, which), kind="stable")[:keep]
+        top = ranked(theta)[:keep]
         basis.restart(theta[top], S[:, top])
 
     Y, res = basis.true_residuals(theta[sel], S[:, sel])

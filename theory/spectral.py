@@ -13,7 +13,7 @@ eigenproblems and Rayleigh-Ritz Gram matrices are float64 on the CPU.
   widened by a margin, with ``r = |beta_m S_{m,k}|`` the Ritz residual bounds.
 * :func:`spectral_density` / :func:`log_spectral_density`: the Gaussian-smoothed
   spectral density ``phi(x) = (1/n) sum_runs sum_k tau_k N(x; theta_k, sigma^2)``.
-* :func:`top_eigenpairs`: block subspace iteration with Rayleigh-Ritz.
+* :func:`top_eigenpairs`: thick-restart block Lanczos with Rayleigh-Ritz.
 * :func:`deflate` and :func:`bulk_density`: remove outliers ``A - Q diag(lambda) Q^T``
   and estimate the density of the rest, outliers kept as point masses ``1/p``.
 
