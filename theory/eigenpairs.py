@@ -35,8 +35,8 @@ class Eigenpairs:
     """``k`` eigenpairs ``A v_i = lambda_i v_i``, eigenvalues descending by value.
 
     ``residuals[i] = |A v_i - lambda_i v_i|`` (float64, ``|v_i| = 1``);
-    ``num_products`` counts the columns ``A v`` the solver computed (without the
-    symmetry probe).
+    ``num_iterations`` counts Lanczos restarts (iterations) and ``num_products`` the
+    columns ``A v`` the solver computed (without the symmetry probe).
     """
 
     eigenvalues: np.ndarray
