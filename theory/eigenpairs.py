@@ -23,6 +23,7 @@ __all__ = ["ConvergenceWarning", "Eigenpairs", "Which", "deflate", "eigenpairs_a
 
 Which = Literal["largest", "smallest", "magnitude"]
 F64 = torch.float64
+EPS64 = float(np.finfo(np.float64).eps)
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -216,9 +217,10 @@ def top_eigenpairs(
     float64 ``p x basis_size`` arrays (the basis and its images).
 
     Converged means: every wanted pair has Lanczos residual estimate
-    ``|B s_i| <= max(tol |theta_i|, eps |A|)`` and true residual
-    ``|A v_i - theta_i v_i| <= max(tol |theta_i|, 10 eps |A|)`` (from the stored images
-    ``A V``; ``eps`` of the operator's dtype, the round-off of its products). Stops
+    ``|B s_i| <= max(tol |theta_i|, eps_64 |A|)`` (round-off of the float64 basis)
+    and true residual ``|A v_i - theta_i v_i| <= max(tol |theta_i|, 10 eps |A|)``
+    (from the stored images ``A V``; ``eps`` of the operator's dtype, the round-off
+    of its products, which a float32 operator may reach for ``theta_i << |A|``). Stops
     after ``num_iterations`` restarts if given, else once converged, or after
     ``max_iterations`` restarts with a :class:`ConvergenceWarning`.
     """
@@ -250,7 +252,7 @@ def top_eigenpairs(
         return np.argsort(-_order_key(theta, which), kind="stable")
 
     def criterion(theta: np.ndarray, sel: np.ndarray, floor: float) -> np.ndarray:
-        return np.maximum(tol * np.abs(theta[sel]), floor * eps * basis.anorm)
+        return np.maximum(tol * np.abs(theta[sel]), floor * basis.anorm)
 
     it = 0
     for it in progress(range(1, limit + 1), total=limit, desc="lanczos", enabled=show_progress):
@@ -262,9 +264,9 @@ def top_eigenpairs(
             if basis.m >= k:
                 theta, S, est = basis.ritz()
                 sel = ranked(theta)[:k]
-                if early and bool(np.all(est[sel] <= criterion(theta, sel, 1.0))):
+                if early and bool(np.all(est[sel] <= criterion(theta, sel, EPS64))):
                     _, res = basis.true_residuals(theta[sel], S[:, sel])
-                    done = bool(np.all(res <= criterion(theta, sel, 10.0)))
+                    done = bool(np.all(res <= criterion(theta, sel, 10 * eps)))
             done = done or exhausted
             if full:
                 break
@@ -274,7 +276,7 @@ def top_eigenpairs(
         basis.restart(theta[top], S[:, top])
 
     Y, res = basis.true_residuals(theta[sel], S[:, sel])
-    converged = bool(np.all(est[sel] <= criterion(theta, sel, 1.0)) and np.all(res <= criterion(theta, sel, 10.0)))
+    converged = bool(np.all(est[sel] <= criterion(theta, sel, EPS64)) and np.all(res <= criterion(theta, sel, 10 * eps)))
     if early and not converged:
         rel = res / np.maximum(np.abs(theta[sel]), np.finfo(float).tiny)
         warnings.warn(
