@@ -21,6 +21,7 @@ the approximation. For a Conv2d layer the features must be the mean unfolded pat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,8 +94,10 @@ def predicted_means(layer: LayerMoments, errors: torch.Tensor, features: torch.T
     return torch.cat(blocks, dim=-1)
 
 
-def kronecker_structure(stats: LayerStatistics, sums: GradientSums, model: torch.nn.Module) -> KroneckerStructure:
-    """Per layer of ``stats`` the cosines between the gradient means (``sums``, from
+def kronecker_structure(
+    stats: LayerStatistics, sums: GradientSums, model: torch.nn.Module, layers: Sequence[str] | None = None
+) -> KroneckerStructure:
+    """Per layer of ``stats`` (or of its subset ``layers``) the cosines between the gradient means (``sums``, from
     :func:`deepnet.passes.gradient_sums` over the same data and with the same
     weighting, restricted to the layer's parameters) and the Kronecker products of
     the feature and error means; ``model``: the risk's model (parameter shapes)."""
@@ -110,7 +113,8 @@ def kronecker_structure(stats: LayerStatistics, sums: GradientSums, model: torch
     C = stats.num_classes
     off = ~np.eye(C, dtype=bool)
     out = {}
-    for name, layer in stats.layers.items():
+    for name in stats.select(layers):
+        layer = stats.layers[name]
         if not layer.params:
             raise ArgumentError(f"stats: layer {name!r} has no parameters among those of the risk")
         if not np.allclose(sums.cell_weights, layer.errors.cell_weights, rtol=1e-6, atol=1e-8):

@@ -151,14 +151,16 @@ def _check_patches(modules: dict[str, nn.Module], conv: str) -> None:
 
 
 def layer_passes(
-    risk: EmpiricalRisk, modules: dict[str, nn.Module], *, conv: str = "mean", vectorize: bool = True
-) -> Iterator[tuple[ClassBatch, dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
+    risk: EmpiricalRisk, modules: dict[str, nn.Module], *, conv: str = "mean", vectorize: bool = True, errors: bool = True
+) -> Iterator[tuple[ClassBatch, dict[str, tuple[torch.Tensor, torch.Tensor | None]]]]:
     """Per class batch of ``risk`` (one forward, ``C`` backward passes to the layer
     outputs): the batch and, per tapped layer, its features (b, d_in) and its unweighted
-    errors ``delta_{i,c'}`` (b, C, d_out) for the output gradients ``p_i - e_{c'}``. The hooks
-    stay on the modules until the iteration ends: run no other forward of the model inside the loop."""
+    errors ``delta_{i,c'}`` (b, C, d_out) for the output gradients ``p_i - e_{c'}`` (None
+    without ``errors``: the forward only). The hooks stay on the modules until the
+    iteration ends: run no other forward of the model inside the loop."""
     conv = check_choice("conv", conv, CONV_FEATURES)
     vectorize = check_flag("vectorize", vectorize)
+    errors = check_flag("errors", errors)
     _check_patches(modules, conv)
     with LayerTaps(modules) as taps:
         for batch in class_batches(risk):
@@ -167,6 +169,11 @@ def layer_passes(
                 raise ValueError(
                     f"layers: {missing} saw no tensor in the model's forward (never called); choose layers the forward runs"
                 )
+            if not errors:
+                out = {n: (_features(m, taps.inputs[n], conv), None) for n, m in modules.items()}
+                taps.clear()
+                yield batch, out
+                continue
             grads = taps.errors(batch, cross_class_residuals(batch.probs), vectorize=vectorize)
             dead = [n for n, g in grads.items() if g is None]
             if dead:
@@ -217,12 +224,22 @@ class LayerStatistics:
     def to_json(self) -> dict:
         return to_jsonable(self)
 
+    def select(self, layers: Sequence[str] | str | None = None) -> list[str]:
+        """The names of ``layers`` (default: all) among those held here, in forward order."""
+        if layers is None:
+            return list(self.layers)
+        wanted = [layers] if isinstance(layers, str) else list(layers)
+        unknown = [n for n in wanted if n not in self.layers]
+        if unknown or not wanted:
+            raise ArgumentError(f"layers: expected a non-empty subset of the analysed layers {list(self.layers)}, got {wanted}")
+        return [n for n in self.layers if n in wanted]
+
 
 def _restream(risk: EmpiricalRisk, name: str, module: nn.Module, conv: str, vectorize: bool, errors: bool):
     """A batch source re-running the passes for one layer (matrix-free within parts)."""
 
     def batches():
-        for batch, out in layer_passes(risk, {name: module}, conv=conv, vectorize=vectorize):
+        for batch, out in layer_passes(risk, {name: module}, conv=conv, vectorize=vectorize, errors=errors):
             h, d = out[name]
             labels = torch.full((h.shape[0],), batch.label, dtype=torch.int64, device=h.device)
             yield (d, labels, batch.probs) if errors else (h, labels)
@@ -237,14 +254,15 @@ def layer_statistics(
     conv: str = "mean",
     weighted: bool = True,
     vectorize: bool = True,
-    dense_limit: int = 3000,
+    dense_limit: int = 3072,
 ) -> LayerStatistics:
     """Features and errors of every layer of ``risk.model`` (:func:`select_layers`),
     streamed into accumulators: one forward and ``C`` backward passes per example.
 
     ``weighted``: errors weighted by ``p_{i,c'}`` (else 1901.08244's ``sqrt(p)`` scaling
     with unit weights). ``dense_limit``: layers with ``d <= dense_limit`` keep the dense
-    second moments (``d x d``), wider ones re-run the passes per within-part product.
+    second moments (``d x d``; the default covers a 32 x 32 x 3 input), wider ones re-run
+    the passes per within-part product (the forward only for the features).
     """
     if not isinstance(risk, EmpiricalRisk):
         raise TypeError(f"risk: expected an EmpiricalRisk, got {type(risk).__name__}")

@@ -20,6 +20,7 @@ the ``mu^delta_c``, ``b`` in that of the ``mu^h_c``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,8 +81,10 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / den if den > 0 else float("nan")
 
 
-def weight_structure(risk: EmpiricalRisk, stats: LayerStatistics, weight_decay: float) -> WeightStructure:
-    """Per layer of ``stats`` whose weight is among ``risk``'s parameters: the measures of
+def weight_structure(
+    risk: EmpiricalRisk, stats: LayerStatistics, weight_decay: float, layers: Sequence[str] | None = None
+) -> WeightStructure:
+    """Per layer of ``stats`` (or of its subset ``layers``) whose weight is among ``risk``'s parameters: the measures of
     :class:`LayerWeights` with ``eta = weight_decay`` (one gradient pass over ``risk``
     for ``dL/dW``; ``stats`` from the same risk)."""
     if not isinstance(risk, EmpiricalRisk):
@@ -91,7 +94,8 @@ def weight_structure(risk: EmpiricalRisk, stats: LayerStatistics, weight_decay: 
     eta = check_real("weight_decay", weight_decay, 0.0, low_open=True)
     if stats.num_examples != risk.num_data or stats.num_classes != risk.num_classes:
         raise ArgumentError(f"stats: computed on {stats.num_examples} examples and {stats.num_classes} classes, the risk has {risk.num_data} and {risk.num_classes}")
-    wanted = {name: f"{name}.weight" for name, layer in stats.layers.items() if f"{name}.weight" in layer.params}
+    chosen = stats.select(layers)
+    wanted = {name: f"{name}.weight" for name in chosen if f"{name}.weight" in stats.layers[name].params}
     if not wanted:
         raise ArgumentError("stats: no layer has its weight among the risk's parameters")
     grads = dict(zip(risk.names, risk.split(risk.gradient())))

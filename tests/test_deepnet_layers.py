@@ -377,3 +377,15 @@ def test_bad_input():
     part = EmpiricalRisk(model, (X, Y), params="1")  # only layer 1 differentiated
     with pytest.raises(ArgumentError, match="no parameters among"):
         kronecker_structure(layer_statistics(part), gradient_sums(part), model)
+
+
+def test_layer_subsets():
+    cnn, _, _, crisk = _setup("cnn")
+    stats = layer_statistics(crisk)  # conv="mean": Kronecker and weights for the Linear layer only
+    assert stats.select() == ["0", "3", "6"] and stats.select(["6", "0"]) == ["0", "6"]
+    assert list(kronecker_structure(stats, gradient_sums(crisk), cnn, layers=["6"]).layers) == ["6"]
+    assert list(weight_structure(crisk, stats, 1e-3, layers="6").layers) == ["6"]
+    with pytest.raises(ArgumentError, match="layers: expected a non-empty subset"):
+        stats.select(["9"])
+    feats = [out for _, out in layer_passes(crisk, select_layers(cnn, "3"), errors=False)]
+    assert all(out["3"][1] is None for out in feats) and sum(out["3"][0].shape[0] for out in feats) == 14
