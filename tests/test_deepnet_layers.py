@@ -389,3 +389,34 @@ def test_layer_subsets():
         stats.select(["9"])
     feats = [out for _, out in layer_passes(crisk, select_layers(cnn, "3"), errors=False)]
     assert all(out["3"][1] is None for out in feats) and sum(out["3"][0].shape[0] for out in feats) == 14
+
+
+def test_command_line_writes_run_folder(tmp_path, capsys):
+    import json
+
+    from deepnet.__main__ import main
+    from deepnet.train import TrainConfig, train
+
+    config = TrainConfig(dataset="mnist-5k", per_class=6, model="mlp", model_kwargs={"depth": 2, "width": 12},
+                         epochs=2, lr=0.05, batch_size=20, seed=1, data_seed=1)
+    train(config, tmp_path / "run", device="cpu", show_progress=False)
+    out = tmp_path / "layers"
+    assert main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--device", "cpu", "--float64",
+                 "--batch-size", "25", "--dense-limit", "100"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["kronecker.png", "report.md", "results.json", "separation.png",
+                                                     "spectra.png", "weights.png"]
+    results = json.loads((out / "results.json").read_text())
+    names = ["layers.1", "layers.4", "layers.7"]
+    assert list(results["separation"]["layers"]) == names and list(results["kronecker"]["layers"]) == names
+    first = results["separation"]["layers"]["layers.1"]
+    assert first["feature_dim"] == 784 and first["features"]["method"] == "matrix-free" and len(first["features"]["eigenvalues"]) == 11
+    assert results["separation"]["layers"]["layers.4"]["features"]["method"] == "dense"
+    assert results["weights"]["weight_decay"] == config.weight_decay
+    assert "| layers.4 | 12 | 12 | errors |" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit) as stop:
+        main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--layers", "layers.3"])
+    assert stop.value.code == 2 and "layers: 'layers.3' (ReLU) has no parameters" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--dense-limit", "0"])
+    assert "--dense-limit: expected an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
