@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from theory.attribution import AttributionReport, attribute_decomposition
 from theory.checks import ArgumentError, check_choice, check_flag, check_int
 from theory.results import to_jsonable
 from theory.spectral import top_eigenpairs
@@ -76,6 +77,7 @@ __all__ = [
     "Separation",
     "SeparationWithDepth",
     "error_class_view",
+    "layer_attribution",
     "layer_passes",
     "layer_separation",
     "layer_statistics",
@@ -446,3 +448,32 @@ def layer_separation(stats: LayerStatistics, *, seed: int = 0) -> SeparationWith
             errors=_separation(error_class_view(e), e, layer.dense_errors, seed),
         )
     return SeparationWithDepth(stats.num_classes, stats.weighted, stats.conv, out)
+
+
+def layer_attribution(
+    stats: LayerStatistics,
+    layers: Sequence[str] | str | None = None,
+    which: Sequence[str] = ("features", "errors"),
+    **kwargs: object,
+) -> dict[str, dict[str, AttributionReport]]:
+    """Per layer (of ``stats`` or its subset ``layers``) and per entry of ``which`` the spectral attribution
+    (:func:`theory.attribution.attribute_decomposition`) of the features (outliers by
+    the span of the class means, global mean included; bulk: within) and of the errors
+    (outliers: class, bump: cross; bulk: within). ``kwargs`` go to
+    :func:`theory.attribution.attribute`; the eigensolver defaults to ``"dense"`` for
+    layers whose dense second moments were kept, the Lanczos steps of the densities to
+    ``min(128, d)``."""
+    if not isinstance(stats, LayerStatistics):
+        raise TypeError(f"stats: expected LayerStatistics, got {type(stats).__name__}")
+    parts = [check_choice("which", w, ("features", "errors")) for w in which]
+    density = dict(kwargs.pop("density", None) or {})
+    out = {}
+    for name in stats.select(layers):
+        layer = stats.layers[name]
+        out[name] = {}
+        for part in parts:
+            dec, dense = (layer.features, layer.dense_features) if part == "features" else (layer.errors, layer.dense_errors)
+            settings = {"eigensolver": "dense" if dense else "subspace", **kwargs}
+            settings["density"] = {"num_steps": min(128, dec.dim), **density}
+            out[name][part] = attribute_decomposition(dec, **settings)
+    return out

@@ -13,8 +13,9 @@ the test split), and computes in one run
   (:func:`deepnet.weights.weight_structure`) for the checkpoint's weight decay;
 
 and writes ``results.json`` (atomically, :class:`theory.runs.RunFolder`), the figures
-``separation.png``, ``spectra.png``, ``kronecker.png``, ``weights.png`` and then
-``report.md``. Every setting is checked before the checkpoint is read.
+``separation.png``, ``spectra.png``, ``kronecker.png``, ``weights.png``, with
+``--attribution`` the attribution of every layer's spectra (``attribution-*``), and
+then ``report.md``. Every setting is checked before the checkpoint is read.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .kronecker import KroneckerStructure, kronecker_structure
 from .layers import (
     CONV_FEATURES,
     SeparationWithDepth,
+    layer_attribution,
     layer_separation,
     layer_statistics,
 )
@@ -66,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense-limit", type=int, default=3072, help="dense second moments up to this width")
     parser.add_argument("--weight-decay", type=float, default=None, help="eta of the stationarity prediction (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the matrix-free spectra of wide layers")
+    parser.add_argument("--attribution", action="store_true",
+                        help="also attribute every layer's outliers / bump / bulk to the parts (slow for layers wider than --dense-limit)")
 
 
 def _axes_by_depth(ax: Any, names: list[str]) -> None:
@@ -275,6 +279,14 @@ def run(args: argparse.Namespace) -> int:
         kron = kronecker_structure(stats, gradient_sums(risk, weighted=weighted, squared_norms="none"), risk.model, layers=eligible)
         eta = config.weight_decay if args.weight_decay is None else args.weight_decay
         weights = weight_structure(risk, stats, eta, layers=eligible) if eta > 0 else None
+    reports: dict[str, dict[str, Any]] = {}
+    skipped = {}
+    for layer in stats.layers if args.attribution else ():
+        for which in ("features", "errors"):
+            try:
+                reports.setdefault(layer, {}).update(layer_attribution(stats, [layer], [which], seed=seed)[layer])
+            except ValueError as error:  # e.g. too narrow for a bulk edge (d close to C)
+                skipped[f"{layer} {which}"] = str(error)
     seconds = time.perf_counter() - start
     name = f"{config.model} on {config.dataset} ({args.split})"
     folder = RunFolder(out)  # created only now: a run that fails above leaves nothing behind
@@ -290,6 +302,15 @@ def run(args: argparse.Namespace) -> int:
         folder.save_figure("kronecker.png", kronecker_figure(kron, f"Kronecker structure: {name}"))
     if weights is not None:
         folder.save_figure("weights.png", weights_figure(weights, risk.num_classes, f"Weights: {name}"))
-    folder.write_text("report.md", layers_report(sep, kron, weights, f"Checkpoint `{checkpoint}` ({name}). ", seconds))
+    verdicts = ["| layer | which | feature | size | verdict | component |", "|---|---|---|---|---|---|"]
+    for layer, pair in reports.items():
+        for which, report in pair.items():
+            report.save(folder, prefix=f"attribution-{layer}-{which}")
+            verdicts += [f"| {layer} | {which} | {f.feature} | {f.size} | {f.verdict} | {f.component or '-'} |" for f in report.features]
+    text = layers_report(sep, kron, weights, f"Checkpoint `{checkpoint}` ({name}). ", seconds)
+    if args.attribution:
+        text += "\nSpectral attribution (`attribution-<layer>-<features|errors>.md`):\n\n" + "\n".join(verdicts) + "\n"
+        text += "".join(f"\n* {layer}: not attributed ({reason})" for layer, reason in skipped.items()) + "\n"
+    folder.write_text("report.md", text)
     print(f"layers: wrote {folder.path}")
     return 0

@@ -13,6 +13,7 @@ from torch.func import jacrev
 from deepnet.kronecker import kronecker_structure
 from deepnet.layers import (
     error_class_view,
+    layer_attribution,
     layer_passes,
     layer_separation,
     layer_statistics,
@@ -413,6 +414,11 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
     assert results["separation"]["layers"]["layers.4"]["features"]["method"] == "dense"
     assert results["weights"]["weight_decay"] == config.weight_decay
     assert "| layers.4 | 12 | 12 | errors |" in (out / "report.md").read_text()
+    assert main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "attr"), "--device", "cpu",
+                 "--layers", "layers.1", "layers.4", "--attribution"]) == 0
+    report = (tmp_path / "attr" / "report.md").read_text()
+    assert "| layers.1 | features | outliers |" in report and "* layers.4 errors: not attributed (eigenvalues: too few bulk" in report
+    assert (tmp_path / "attr" / "attribution-layers.1-features.json").exists()
     with pytest.raises(SystemExit) as stop:
         main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--layers", "layers.3"])
     assert stop.value.code == 2 and "layers: 'layers.3' (ReLU) has no parameters" in capsys.readouterr().err
@@ -420,3 +426,19 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
         main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--dense-limit", "0"])
     assert "--dense-limit: expected an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_layer_attribution_and_conv_weights():
+    model, X, Y, risk = _setup("mlp", n=60, width=32)
+    stats = layer_statistics(risk)
+    reports = layer_attribution(stats, layers=["4"], density={"num_steps": 16, "num_repeats": 1})
+    ref, _ = _brute_all(model, X, Y)
+    H = _feature_reference(ref["4"][0], Y)[4]
+    rep = reports["4"]["features"]
+    np.testing.assert_allclose(rep.eigenvalues, torch.linalg.eigvalsh(H).flip(0).numpy()[: rep.eigenvalues.size], rtol=1e-9, atol=1e-12)
+    assert {f.feature for f in rep.features} >= {"outliers", "bulk"}
+    assert {f.feature for f in reports["4"]["errors"].features} >= {"outliers", "bump", "bulk"}
+    _, _, _, crisk = _setup("cnn")
+    ws = weight_structure(crisk, layer_statistics(crisk, conv="patches"), 1e-3)
+    assert list(ws.layers) == ["0", "3", "6"] and ws.layers["3"].shape == (3, 2, 3, 3)
+    assert ws.layers["3"].singular_values.size == 3 and 0 <= ws.layers["3"].top_share <= 1 + 1e-12
