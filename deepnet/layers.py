@@ -461,8 +461,8 @@ def layer_attribution(
     the span of the class means, global mean included; bulk: within) and of the errors
     (outliers: class, bump: cross; bulk: within). ``kwargs`` go to
     :func:`theory.attribution.attribute`; the eigensolver defaults to ``"dense"`` for
-    layers whose dense second moments were kept, the Lanczos steps of the densities to
-    ``min(128, d)``."""
+    layers whose dense second moments were kept; the Lanczos steps of the densities
+    (``density["num_steps"]``, default 128) are capped at ``d``."""
     if not isinstance(stats, LayerStatistics):
         raise TypeError(f"stats: expected LayerStatistics, got {type(stats).__name__}")
     parts = [check_choice("which", w, ("features", "errors")) for w in which]
@@ -474,6 +474,6 @@ def layer_attribution(
         for part in parts:
             dec, dense = (layer.features, layer.dense_features) if part == "features" else (layer.errors, layer.dense_errors)
             settings = {"eigensolver": "dense" if dense else "subspace", **kwargs}
-            settings["density"] = {"num_steps": min(128, dec.dim), **density}
+            settings["density"] = {**density, "num_steps": min(int(density.get("num_steps", 128)), dec.dim)}
             out[name][part] = attribute_decomposition(dec, **settings)
     return out

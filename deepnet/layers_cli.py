@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the matrix-free spectra of wide layers")
     parser.add_argument("--attribution", action="store_true",
                         help="also attribute every layer's outliers / bump / bulk to the parts (slow for layers wider than --dense-limit)")
+    parser.add_argument("--num-steps", type=int, default=128, help="Lanczos steps of the attribution densities (at most d)")
+    parser.add_argument("--num-repeats", type=int, default=10, help="Lanczos runs per attribution density")
 
 
 def _axes_by_depth(ax: Any, names: list[str]) -> None:
@@ -256,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     batch_size = check_int("--batch-size", args.batch_size, 1)
     dense_limit = check_int("--dense-limit", args.dense_limit, 1)
     seed = check_int("--seed", args.seed, 0)
+    density = {"num_steps": check_int("--num-steps", args.num_steps, 2), "num_repeats": check_int("--num-repeats", args.num_repeats, 1)}
     if args.weight_decay is not None:
         check_real("--weight-decay", args.weight_decay, 0.0)
     checkpoint = Path(args.checkpoint)
@@ -284,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     for layer in stats.layers if args.attribution else ():
         for which in ("features", "errors"):
             try:
-                reports.setdefault(layer, {}).update(layer_attribution(stats, [layer], [which], seed=seed)[layer])
+                reports.setdefault(layer, {}).update(layer_attribution(stats, [layer], [which], seed=seed, density=density)[layer])
             except ValueError as error:  # e.g. too narrow for a bulk edge (d close to C)
                 skipped[f"{layer} {which}"] = str(error)
     seconds = time.perf_counter() - start

@@ -415,7 +415,7 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
     assert results["weights"]["weight_decay"] == config.weight_decay
     assert "| layers.4 | 12 | 12 | errors |" in (out / "report.md").read_text()
     assert main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "attr"), "--device", "cpu",
-                 "--layers", "layers.1", "layers.4", "--attribution"]) == 0
+                 "--layers", "layers.1", "layers.4", "--attribution", "--num-steps", "16", "--num-repeats", "1"]) == 0
     report = (tmp_path / "attr" / "report.md").read_text()
     assert "| layers.1 | features | outliers |" in report and "* layers.4 errors: not attributed (eigenvalues: too few bulk" in report
     assert (tmp_path / "attr" / "attribution-layers.1-features.json").exists()
