@@ -42,7 +42,9 @@ class LayerWeights:
     ``W_stat = -(1/eta) dL/dW``; ``class_cosine`` between ``W`` and ``W_class``,
     ``class_singular_values`` (the top ``C`` of ``W_class``); ``top_share``,
     ``left_share = (1/C) sum |P_A u_k|^2``, ``right_share = (1/C) sum |P_B v_k|^2`` over the
-    top ``C`` singular pairs; ``top_energy``: the share of ``|W|_F^2`` in them."""
+    top ``C`` singular pairs; ``top_energy``: the share of ``|W|_F^2`` in them. At the last
+    layer the true-label errors ``p_i - e_{y_i}`` sum to zero over the outputs, so their
+    span has dimension ``C - 1`` and ``left_share <= (C - 1) / C`` there."""
 
     name: str
     shape: tuple[int, ...]
