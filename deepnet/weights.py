@@ -16,6 +16,12 @@ error, cosine), and the share of the top-``C`` singular pairs ``u_k v_k^T`` in t
 span ``A (x) B`` of the class-mean outer products ``a b^T`` (``a`` in the span of
 the ``mu^delta_c``, ``b`` in that of the ``mu^h_c``):
 ``(1/C) sum_{k <= C} |P_A u_k|^2 |P_B v_k|^2`` (1 when the subspace lies in the span).
+
+The gradient here is that of the eval-mode loss (batch norm with its running
+statistics). A network trained with batch norm is stationary for the training-mode
+loss (batch statistics), in which a layer followed by batch norm is scale-invariant,
+so for such layers ``W_stat`` tests a different condition; the prediction is exact
+for layers not followed by normalisation at a stationary point.
 """
 
 from __future__ import annotations
