@@ -163,6 +163,9 @@ def layer_passes(
     conv = check_choice("conv", conv, CONV_FEATURES)
     vectorize = check_flag("vectorize", vectorize)
     errors = check_flag("errors", errors)
+    others = [f"{n} ({type(m).__name__})" for n, m in modules.items() if _kind(m) is None]
+    if others or not modules:
+        raise ArgumentError(f"modules: expected nn.Linear / nn.Conv2d modules (see select_layers), got {others or 'none'}")
     _check_patches(modules, conv)
     with LayerTaps(modules) as taps:
         for batch in class_batches(risk):

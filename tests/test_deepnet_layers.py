@@ -364,6 +364,8 @@ def test_bad_input():
         layer_statistics(EmpiricalRisk(KeywordCall().double().eval(), (x4, y4)))
     with pytest.raises(ArgumentError, match="layers"):
         select_layers(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ArgumentError, match=r"modules: expected nn.Linear / nn.Conv2d modules .* \['2 \(BatchNorm1d\)'\]"):
+        next(layer_passes(risk, {"2": model[2]}))
     stats = layer_statistics(risk)
     with pytest.raises(ArgumentError, match="sums"):
         kronecker_structure(stats, gradient_sums(risk, weighted=False), model)
