@@ -16,6 +16,7 @@ from theory.devices import check_device
 COMMANDS = {
     "train": ("deepnet.train", "train a network with the papers' protocol and write a run folder"),
     "spectrum": ("deepnet.spectrum", "Hessian / G / E spectra of a trained checkpoint"),
+    "layers": ("deepnet.layers_cli", "features, errors, Kronecker structure and weights of a checkpoint layer by layer"),
 }
 
 

@@ -481,7 +481,7 @@ def _dense_eigenpairs(op: SymmetricOperator, k: int) -> Eigenpairs:
     res = np.linalg.norm(D @ vecs - vecs * vals, axis=0)
     return Eigenpairs(
         eigenvalues=vals, eigenvectors=torch.as_tensor(vecs).to(dtype=op.dtype, device=op.device), residuals=res,
-        num_iterations=0, converged=True, which="largest", block_size=p, seed=0,
+        num_iterations=0, converged=True, which="largest", block_size=p, seed=0, num_products=p,
     )
 
 
