@@ -264,12 +264,13 @@ def test_recorded_nonconvergence_reissues_other_warnings():
     import warnings
 
     from simulate.study.measure import recorded_nonconvergence
+    from theory.eigenpairs import ConvergenceWarning
 
-    with pytest.warns(UserWarning, match="something else"):
+    with pytest.warns(RuntimeWarning, match="something else"):
         with recorded_nonconvergence() as found:
-            warnings.warn("top_eigenpairs: not converged after 3 iterations", RuntimeWarning)
-            warnings.warn("something else", UserWarning)
-    assert found == ["top_eigenpairs: not converged after 3 iterations"]
+            warnings.warn("top_eigenpairs: not converged after 3 restarts", ConvergenceWarning)
+            warnings.warn("something else", RuntimeWarning)
+    assert found == ["top_eigenpairs: not converged after 3 restarts"]
 
 
 def test_report_sentences_follow_the_numbers(quick_study):

@@ -23,7 +23,7 @@ import torch
 
 from theory.attribution import AttributionReport, attribute_decomposition
 from theory.density import DensitySettings
-from theory.eigenpairs import top_eigenpairs
+from theory.eigenpairs import ConvergenceWarning, top_eigenpairs
 from theory.finite_sample import (
     class_mean_basis,
     effective_aspect_ratio,
@@ -58,21 +58,17 @@ __all__ = [
 ]
 
 
-def _is_nonconvergence(w: warnings.WarningMessage) -> bool:
-    return issubclass(w.category, RuntimeWarning) and str(w.message).startswith("top_eigenpairs: not converged")
-
-
 @contextmanager
 def recorded_nonconvergence() -> Iterator[list[str]]:
-    """Collect the messages of the eigensolver's non-convergence warnings raised in the
-    block into the yielded list (filled when the block ends) instead of printing them;
+    """Collect the messages of the eigensolver's non-convergence warnings
+    (:class:`theory.eigenpairs.ConvergenceWarning`) raised in the block into the yielded list (filled when the block ends) instead of printing them;
     every other warning is issued again."""
     found: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield found
     for w in caught:
-        if _is_nonconvergence(w):
+        if issubclass(w.category, ConvergenceWarning):
             found.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
