@@ -278,7 +278,7 @@ def test_report_sentences_follow_the_numbers(quick_study):
     changes; a conclusion the numbers do not support does not print."""
     import copy
 
-    from simulate.study.report import attribution_lines, c6_lines, failure_lines
+    from simulate.study.report import attribution_lines, c6_lines, failure_lines, trained_overlap_lines
 
     _, res = quick_study
     st = study_settings(quick=True)
@@ -319,6 +319,16 @@ def test_report_sentences_follow_the_numbers(quick_study):
     for C in st.classes:
         sm["per_class"][str(C)]["bulk_vs_theorem_rel"] = [0.1] * len(st.snrs)
     assert failure_lines(st, sm) == []
+    for C in st.classes:
+        pc = sm["per_class"][str(C)]
+        pc["trained_overlap_minus_paul_below"], pc["trained_overlap_minus_paul_above"] = 0.2, -0.1
+        pc["bulk_top_over_mean_trained"] = [1.0] * len(st.snrs)
+    text = "\n".join(trained_overlap_lines(st, sm))
+    assert "more than Paul's formula allows" in text and "overlap it less" in text and "upper tail" not in text
+    for C in st.classes:
+        sm["per_class"][str(C)]["trained_overlap_minus_paul_below"] = -0.2
+        sm["per_class"][str(C)]["trained_overlap_minus_paul_above"] = 0.1
+    assert trained_overlap_lines(st, sm) == []
 
 
 def test_fisher_spectrum_against_the_dense_fisher():

@@ -37,6 +37,10 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return _pearson(rank(x), rank(y)) if x.size >= 3 else None
 
 
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
 def c6_summary(st: StudySettings, points: list[PointResult]) -> dict[str, Any]:
     """Claim C6 from the separated class-span outliers (``PointResult.c6_*``): how many points
     get a prediction, per ``C`` the SNRs without one; on the predicted points the correlation
@@ -212,6 +216,8 @@ def summarize(
             "half_overlap_measured_trained": _transition(snrs, np.array([np.mean([p.measures.signal_overlap for p in g]) for g in by_s]), half),
             "half_overlap_measured_symmetric": _transition(sym_s, np.array([q.signal_overlap for q in sym]), half[: sym_s.size]) if sym else None,
             "symmetric_overlap_abs_error_above": float(np.max(np.abs([q.signal_overlap - q.predicted_overlap for q in sym if q.snr >= above]), initial=0.0)),
+            "trained_overlap_minus_paul_below": _mean_or_none([p.measures.signal_overlap - predicted_overlap(p.snr, gamma) for p in pts if p.snr < math.sqrt(gamma)]),
+            "trained_overlap_minus_paul_above": _mean_or_none([p.measures.signal_overlap - predicted_overlap(p.snr, gamma) for p in pts if p.snr >= above]),
             "trained_overlap_abs_error_above": float(np.max(np.abs([p.measures.signal_overlap - predicted_overlap(p.snr, gamma) for p in pts if p.snr >= above]), initial=0.0)),
             "symmetric_outlier_rel_error_formula": [float(q.ratio / q.finite_sample_ratio - 1) for q in sym],
             "symmetric_outlier_rel_error_formula_above": float(np.max(np.abs([q.ratio / q.finite_sample_ratio - 1 for q in sym if q.snr >= above]), initial=0.0)),
