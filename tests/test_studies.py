@@ -287,15 +287,19 @@ def test_report_sentences_follow_the_numbers(quick_study):
     strong = copy.deepcopy(c6)
     strong["pearson"].update(prediction_vs_test=0.99, bayes_vs_test=0.5, train_vs_test=0.4)
     strong["snr_recovery"]["fraction_within_25_percent"] = 0.9
+    strong["per_class"]["3"]["snr_within_25_percent_from"] = 6.0
     text = "\n".join(c6_lines(st, strong))
     assert "more than either reference" in text and "so it locates the SNR" in text
+    assert "C = 3: every seed's SNR recovered within 25% from SNR 6 on." in text
     assert "Both references" not in text and "does not locate" not in text
     weak = copy.deepcopy(c6)
     weak["pearson"].update(prediction_vs_test=0.3, bayes_vs_test=0.5, train_vs_test=0.4)
-    weak["snr_recovery"]["fraction_within_25_percent"] = 0.2
+    weak["snr_recovery"]["fraction_within_25_percent"] = 0.6
+    weak["per_class"]["3"]["snr_within_25_percent_from"] = None
     text = "\n".join(c6_lines(st, weak))
     assert "Both references correlate with the test error at least as well" in text and "does not locate" in text
     assert "more than either reference" not in text and "so it locates the SNR" not in text
+    assert "C = 3: at no SNR is every seed's SNR" in text
     none = copy.deepcopy(c6)
     none["num_predicted"] = 0
     assert "makes no C6 prediction" in "\n".join(c6_lines(st, none))
@@ -306,9 +310,10 @@ def test_report_sentences_follow_the_numbers(quick_study):
     broken = copy.deepcopy(att)
     broken["3"]["control_agrees_with_theorem"][-1] = False
     broken["3"]["trained_full_structure_at"] = None
+    broken["3"]["trained_full_bump_at"] = None
     text = "\n".join(attribution_lines(st, broken))
     assert f"(not at SNR {broken['3']['rows'][-1]['snr']:g})" in text
-    assert "appears at none of these SNRs" in text
+    assert "appears at none of these SNRs" in text and "eigenvalues) at none." in text
 
     sm = copy.deepcopy(res["summary"])
     sm["largest_gap"]["snr"] = 1e-3

@@ -54,7 +54,10 @@ def c6_summary(st: StudySettings, points: list[PointResult]) -> dict[str, Any]:
         none = sorted({p.snr for p in pts if p.c6_predicted_error is None})
         every = sorted(s for s in {p.snr for p in pts} if all(q.c6_predicted_error is not None for q in pts if q.snr == s))
         above = [s for s in every if not none or s > max(none)]
+        errs = {s: max(abs(q.c6_predicted_snr / q.snr - 1) for q in pts if q.snr == s) for s in every if s > 0}
+        good = [s for s in errs if all(errs[t] <= 0.25 for t in errs if t >= s)]
         out["per_class"][str(C)] = {
+            "snr_within_25_percent_from": min(good) if good else None,
             "snrs_without_prediction": none,
             "snrs_with_prediction_for_every_seed": every,
             "separated_from_snr": above[0] if above else None,
@@ -124,6 +127,8 @@ def attribution_numbers(st: StudySettings, attributions: list[AttributionSummary
             "control_agrees_with_theorem": control_ok,
             "trained_appears_at": {f: next((r["snr"] for r in table if r["trained"]["reads_paper"][f]), None) for f in PAPER_COMPONENTS},
             "trained_full_structure_at": next((r["snr"] for r in table if all(r["trained"]["reads_paper"].values())), None),
+            "trained_full_bump_at": next((r["snr"] for r in table if r["trained"]["reads_paper"]["bump"]
+                                          and r["trained"]["bump_size"] == C * (C - 2)), None),
             "control_appears_at": {f: next((r["snr"] for r in table if r["control"]["reads_paper"][f]), None) for f in PAPER_COMPONENTS},
         }
     return out
