@@ -376,6 +376,19 @@ def test_fisher_spectrum_against_the_dense_fisher():
     assert point.theorem_ratio == pytest.approx(outlier_to_bulk_ratio(C, s, point.alpha_used), rel=1e-12)
 
 
+def test_top_c_are_the_top_c_in_a_cluster():
+    """C = 10 at SNR 1.991 (default sizes, seed 0): the 10th and 11th eigenvalues are 0.7% apart;
+    at ``eig_tol=1e-3`` the Lanczos solver stops "converged" with the 11th in place of the 10th
+    (relative error 7e-3); the study's ``eig_tol`` finds the true top 10."""
+    from simulate.fisher import mlr_fisher_dense
+    from simulate.study import configure, measure_point
+
+    st = configure(False, {"classes": (10,), "snrs": (1.991,)})
+    point, objects = measure_point(st, 10, 1.991, seed=0)
+    evals = np.linalg.eigvalsh(mlr_fisher_dense(objects["train"].X, objects["W"]))[::-1][:10]
+    np.testing.assert_allclose(point.spectrum.outliers, evals, rtol=1e-6)
+
+
 def test_study_is_reproducible():
     from simulate.study import configure, measure_point
 
