@@ -39,6 +39,7 @@ decomposition, or any operators):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -768,9 +769,11 @@ def attribute(
     bounds = lin_a.bounds
     deflated = bulk_density(A, pairs, settings=dens, check_symmetry=False)
     edge = estimate_bulk_edge(pairs.eigenvalues, p, bulk=deflated.bulk, margin=edge_margin, fit_fraction=fit_fraction)
-    thr = edge.threshold
     if zero_tol is None:
         zero_tol = 1e-6 * float(np.max(np.abs(pairs.eigenvalues)))
+    if edge.threshold < zero_tol:  # a bulk of exact zeros has its edge at round-off: nothing below zero_tol is separated
+        edge = dataclasses.replace(edge, threshold=zero_tol, num_separated=int(np.sum(pairs.eigenvalues > zero_tol)))
+    thr = edge.threshold
 
     def bulk_mass(d: SpectralDensity, threshold: float) -> float:
         return float(d.weights[(d.nodes > zero_tol) & (d.nodes <= threshold)].sum())
@@ -850,6 +853,12 @@ def attribute(
                 {}, overlap,
             ))
             continue
+        if f == "bulk" and mass_a <= 0:
+            verdicts.append(FeatureVerdict(
+                f, None, size, vals, "absent", None, [], [],
+                f"the density of A has no mass between zero_tol {zero_tol:.3g} and the threshold {thr:.4g}", {}, overlap,
+            ))
+            continue
         if f == "bulk":
             shares = _normalised({n: _complement_trace(c, U_sep, seed) for n, c in comps.items()})
         else:
@@ -861,7 +870,7 @@ def attribute(
         def kept(s: KnockoutSpectrum, f: str = f) -> bool:
             return s.bulk_mass >= stay * mass_a if f == "bulk" else s.retained[f] >= stay
 
-        others = [g for g in sep_feats if g != f] + (["bulk"] if f != "bulk" else [])
+        others = [g for g in sep_feats if g != f] + (["bulk"] if f != "bulk" and mass_a > 0 else [])
         verdict, name, evidence = _decide(f, others, subs, projs, knockouts, mass_a, vanish, stay)
         if f in feature_overlaps:
             evidence += f"; mean overlap with its defining range {overlap:.2f}"
