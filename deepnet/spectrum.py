@@ -31,7 +31,7 @@ from torch import nn
 
 from theory.checks import check_int, check_real
 from theory.density import DensitySettings, density_settings
-from theory.figures import new_figure
+from theory.figures import FONT, figure_legend, log_limits, new_figure, spectrum_panel
 from theory.runs import RunFolder
 from theory.spectrum import Spectrum, spectrum
 
@@ -40,11 +40,6 @@ from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
 __all__ = ["Spectra", "compute_spectra", "spectra_figure", "spectra_report", "add_arguments", "run"]
 
 LABELS = {"hessian": "Hessian", "G": "G", "E": "E"}
-STYLES = {  # the Hessian wide and pale underneath, so that G and E stay visible where they coincide with it
-    "hessian": dict(color="black", lw=2.4, alpha=0.45),
-    "G": dict(color="tab:blue", lw=1.2),
-    "E": dict(color="tab:red", lw=1.2, ls="--"),
-}
 
 
 @dataclass(frozen=True)
@@ -141,31 +136,32 @@ def compute_spectra(
                    str(risk.dtype), str(risk.device), seconds, record)
 
 
-def spectra_figure(spectra: Spectra, title: str = "") -> Any:
-    """Two panels: the deflated bulk densities (times their weight ``(P-k)/P``) on a
-    linear axis (log-scale density) and on ``log10(|lambda| + eps)``, outliers as
-    markers along the top; one colour per operator."""
-    fig, axes = new_figure(1, 2, figsize=(12, 4.2))
-    for s in spectra.spectra:
-        style, label = STYLES[s.name], LABELS[s.name]
-        for ax, bulk, log in ((axes[0], s.density, False), (axes[1], s.log_density, True)):
-            y = s.bulk_weight * bulk.density
-            ax.plot(bulk.grid, np.maximum(y, 1e-300), label=f"{label} bulk", **style)
-            x = np.log10(np.abs(s.outliers) + bulk.eps) if log else s.outliers
-            ax.plot(x, np.full(x.shape, 1.0), ls="none", marker="v", color=style["color"], ms=6, scaley=False,
-                    transform=ax.get_xaxis_transform(), clip_on=False, label=f"{label} top-{len(x)}")
-    axes[0].set_yscale("log")
-    peak = max(float((s.bulk_weight * s.density.density).max()) for s in spectra.spectra)
-    axes[0].set_ylim(1e-6 * peak, 3 * peak)
-    axes[0].set_xlabel("eigenvalue $\\lambda$")
-    axes[0].set_ylabel("density (bulk, deflated)")
+def spectra_figure(spectra: Spectra, source: str = "") -> Any:
+    """One log-spectrum panel per operator, shared axes (Papyan 2020, Figs. 3-4 style):
+    the deflated bulk (times ``(P-k)/P``) as a density per decade of ``|lambda|``, the
+    top ``k`` eigenvalues as markers at their values, the null space and the share
+    below zero as numbers in each panel's title (:func:`theory.figures.spectrum_panel`).
+    The title names the operators computed and ``source`` (model, data)."""
+    n = len(spectra.spectra)
+    fig, axes = new_figure(1, n, sharex=True, sharey=True, squeeze=False, layout="constrained",
+                           figsize=(max(4.2 * n, 6.0), 3.6))
+    shown = [spectrum_panel(ax, s, label=LABELS[s.name]) for ax, s in zip(axes.flat, spectra.spectra)]
+    lows = [v.lowest for v in shown if v.lowest is not None]
+    highs = [v.highest for v in shown if v.highest is not None]
     eps = spectra.settings.get("eps", 1e-6)
-    axes[1].set_xlabel(f"$\\log_{{10}}(|\\lambda| + {eps:g})$")
-    axes[1].set_ylabel("density of the log")
-    axes[0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(title or f"Hessian = G + E: P = {spectra.num_parameters:,}, N = {spectra.num_data}, C = {spectra.num_classes} "
-                 f"(outliers {chr(9660)} on top)")
-    fig.tight_layout()
+    lo, hi = (min(lows), max(highs)) if lows else (eps, 1.0)
+    axes[0, 0].set_xlim(lo / 3.0, hi * 3.0)
+    axes[0, 0].set_ylim(*log_limits(max(v.peak for v in shown), decades=5.0))
+    for ax in axes.flat:
+        ax.set_xlabel("$|\\lambda|$ (eigenvalue magnitude)")
+        ax.set_ylabel("density per decade of $|\\lambda|$")
+    figure_legend(fig, axes)
+    names = [LABELS[s.name] for s in spectra.spectra]
+    what = names[0] if n == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    k = spectra.spectra[0].outliers.size
+    fig.suptitle(f"Spectra of {what}" + (f": {source}" if source else "")
+                 + f"\nP = {spectra.num_parameters:,} parameters, N = {spectra.num_data} examples, "
+                 f"C = {spectra.num_classes} classes; bulk after deflating the top {k}", fontsize=FONT["suptitle"])
     return fig
 
 
@@ -273,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     source = f"Checkpoint `{checkpoint}` ({model_name} on {dataset}, {args.split} split). "
     folder = RunFolder(out)  # created only now: a run that fails above leaves nothing behind
     folder.write_json("results.json", {"checkpoint": str(checkpoint), "split": args.split, "config": config, "spectra": spectra})
-    folder.save_figure("spectra.png", spectra_figure(spectra, f"{model_name} on {dataset} ({args.split}): Hessian = G + E"))
+    folder.save_figure("spectra.png", spectra_figure(spectra, f"{model_name} on {dataset} ({args.split})"))
     folder.write_text("report.md", spectra_report(spectra, source))
     print(f"spectrum: wrote {folder.path}")
     return 0
