@@ -472,14 +472,13 @@ class AttributionReport:
             peak = max([peak] + [c.peak for c in curves])
             lo += [c.lowest for c in curves if c.lowest is not None]
             hi += [c.highest for c in curves if c.highest is not None] + [float(np.abs(s.eigenvalues).max(initial=0.0))]
-            null = curves[-1].null_share
             if s is base:
                 counts = ", ".join(f"{f.size} {f.feature}" for f in present if f.feature != "bulk")
                 head = f"A: {counts or 'no separated eigenvalues'}"
             else:
                 gone = [f.feature for f in present if s.name in f.vanishes_under]
                 head = f"{s.name}: " + (" and ".join(gone) + " gone" if gone else "nothing vanishes")
-            ax.set_title(f"{head}\nnull space ($|\\lambda| \\leq$ {zero_tol:.1g}) {null:.1%}", fontsize=FONT["title"])
+            ax.set_title(f"{head}\n{curves[-1].text}", fontsize=FONT["title"])
             set_labels(ax, "$|\\lambda|$ (eigenvalue magnitude)", "density per decade of $|\\lambda|$")
         if lo:
             axes[0, 0].set_xlim(min(lo) / 3.0, max(hi) * 3.0)

@@ -202,19 +202,26 @@ def _run_spacing(y: np.ndarray, num_runs: int) -> np.ndarray:
     return out
 
 
-def _log_density(values: np.ndarray, weights: np.ndarray, sigma: float, num_runs: int, grid: np.ndarray) -> np.ndarray:
-    """``sum_k w_k N(y; log10 |theta_k|, h_k^2)`` on ``grid`` (``y = log10 |lambda|``) with
-    ``h_k = max(sigma, min(d_k, MAX_WIDTH))``, ``d_k`` the distance of node ``k`` to its
-    ``num_runs``-th nearest node: one run's Gauss nodes resolve the measure only to
-    their spacing, and ``num_runs`` pooled runs put about that many nodes within it, so
-    no kernel is narrower than the nodes can support (no comb where they are sparse);
-    no kernel is wider than :data:`MAX_WIDTH` decades either (an isolated node stays
-    where it is)."""
+def _log_density(values: np.ndarray, weights: np.ndarray, sigma: float, num_runs: int, num_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, sum_k w_k N(y; log10 |theta_k|, h_k^2))`` on a grid ``y = log10 |lambda|`` covering
+    every kernel to four widths, with ``h_k = max(sigma, min(d_k, MAX_WIDTH))``, ``d_k`` the
+    distance of node ``k`` to its ``num_runs``-th nearest node: one run's Gauss nodes
+    resolve the measure only to their spacing, and ``num_runs`` pooled runs put about
+    that many nodes within it, so no kernel is narrower than the nodes can support (no
+    comb where they are sparse); no kernel is wider than :data:`MAX_WIDTH` decades
+    either (an isolated node stays where it is)."""
     y = np.log10(values)
     spacing = _run_spacing(y, num_runs) if y.size > 1 else np.zeros(y.size)
     h = np.maximum(sigma, np.minimum(spacing, MAX_WIDTH))
+    grid = np.linspace(float((y - 4 * h).min()), float((y + 4 * h).max()), num_points)
     z = (grid[:, None] - y[None, :]) / h[None, :]
-    return (np.exp(-0.5 * z * z) / (h * math.sqrt(2.0 * math.pi))[None, :]) @ weights
+    return grid, (np.exp(-0.5 * z * z) / (h * math.sqrt(2.0 * math.pi))[None, :]) @ weights
+
+
+def _shares(near: str, zero_tol: float, null: float, negative: float) -> str:
+    """The summary line of a log-spectrum: its share at zero and below zero."""
+    text = f"{near} ($|\\lambda| \\leq$ {zero_tol:.1g}) {null:.1%}"
+    return text + (f", $\\lambda<0$ {negative:.1%}" if negative > 0 else "")
 
 
 def log_spectrum_curve(
@@ -262,8 +269,7 @@ def log_spectrum_curve(
             if not keep.any():
                 continue
             v, w = np.abs(nodes[keep]), weights[keep]
-            grid = np.linspace(math.log10(v.min()) - 0.5, math.log10(v.max()) + 0.5, num_points)
-            dens = _log_density(v, w, sigma, num_runs, grid)
+            grid, dens = _log_density(v, w, sigma, num_runs, num_points)
             x = 10.0**grid
             name = None if label is None else (label if sign > 0 else f"{label}, $\\lambda < 0$ (at $|\\lambda|$)")
             if fill and sign > 0:
@@ -273,10 +279,8 @@ def log_spectrum_curve(
             peak = max(peak, float(dens.max()))
             lo = float(v.min()) if lo is None else min(lo, float(v.min()))
             hi = float(v.max()) if hi is None else max(hi, float(v.max()))
-    parts = [f"null space ($|\\lambda| \\leq$ {zero_tol:.1g}) {null_share:.1%}"]
-    if negative_share > 0:
-        parts.append(f"$\\lambda<0$ {negative_share:.1%}")
-    return LogSpectrum(null_share, negative_share, float(zero_tol), peak, lo, hi, None, ", ".join(parts))
+    return LogSpectrum(null_share, negative_share, float(zero_tol), peak, lo, hi, None,
+                       _shares("null space", zero_tol, null_share, negative_share))
 
 
 def outlier_markers(
@@ -351,13 +355,9 @@ def spectrum_panel(
                     label=f"{label}: top {outliers.size} ($1/p$ each)")
     null_share = shown.null_share + null_out
     negative = shown.negative_share + float(np.sum(outliers < -zero_tol)) * spectrum.outlier_weight
-    near = "null space or unresolved" if unresolved else "null space"
-    parts = [f"{near} ($|\\lambda| \\leq$ {zero_tol:.1g}) {null_share:.1%}"]
-    if negative > 0:
-        parts.append(f"$\\lambda<0$ {negative:.1%}")
+    text = _shares("null space or unresolved" if unresolved else "null space", zero_tol, null_share, negative)
     if spectrum.point_mass is not None and abs(spectrum.point_mass) > zero_tol:
-        parts.append(f"bulk a point mass at {spectrum.point_mass:.3g}")
-    text = ", ".join(parts)
+        text += f", bulk a point mass at {spectrum.point_mass:.3g}"
     values = np.abs(outliers[np.abs(outliers) > zero_tol])
     lows = [v for v in (shown.lowest, float(values.min()) if values.size else None) if v is not None]
     highs = [v for v in (shown.highest, float(values.max()) if values.size else None) if v is not None]
