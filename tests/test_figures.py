@@ -1,14 +1,29 @@
-"""Figures are made one way (theory.figures): no pyplot, saved atomically."""
+"""Figures are made one way (theory.figures): no pyplot, saved atomically; every figure of
+the toolkit has labelled axes, a legend and finite data; log-spectrum panels draw the
+outliers at their eigenvalues and report the null space as a share."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from theory.figures import new_figure, write_figure
+from theory.density import DensitySettings
+from theory.figures import (
+    COLORS,
+    log_spectrum_curve,
+    matrix_color,
+    new_figure,
+    outlier_markers,
+    spectrum_panel,
+    write_figure,
+)
+from theory.operators import DenseOperator
 from theory.runs import RunFolder
+from theory.spectrum import spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -73,14 +88,6 @@ def test_write_figure_to_a_path(tmp_path):
 
 # ----------------------------------------------------------------------------- the figure style and its panels
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from theory.figures import COLORS, log_spectrum_curve, matrix_color, outlier_markers, spectrum_panel  # noqa: E402
-from theory.density import DensitySettings  # noqa: E402
-from theory.operators import DenseOperator  # noqa: E402
-from theory.spectrum import spectrum  # noqa: E402
-
 OUTLIERS = np.array([5.0, 4.0, 3.0])
 NULL, NEGATIVE, POSITIVE = 300, 50, 200
 
@@ -114,7 +121,7 @@ def check_panels(fig):
 def test_spectrum_panel_reports_the_null_space_and_draws_outliers_at_their_eigenvalues():
     s, values = diagonal_spectrum()
     p = values.size
-    fig, ax = new_figure(layout="constrained")
+    _, ax = new_figure(layout="constrained")
     shown = spectrum_panel(ax, s)
     # the outliers are markers at their eigenvalues (x in data units), none elsewhere
     (markers,) = lines_labelled(ax, "top 3")
@@ -139,7 +146,7 @@ def test_spectrum_panel_of_a_zero_operator_says_so_and_draws_nothing():
     op = DenseOperator(torch.zeros(30, 30, dtype=torch.float64))
     s = spectrum(op, 2, DensitySettings(num_steps=8, num_repeats=2), name="E")
     assert s.point_mass == 0.0
-    fig, ax = new_figure()
+    _, ax = new_figure()
     shown = spectrum_panel(ax, s)
     assert shown.null_share == 1.0 and shown.lowest is None and "100.0%" in ax.get_title()
     assert not ax.get_lines()  # no kernel at log10(eps), no markers at zero
@@ -148,7 +155,7 @@ def test_spectrum_panel_of_a_zero_operator_says_so_and_draws_nothing():
 
 def test_log_spectrum_curve_of_one_isolated_node_keeps_it_in_place():
     """An isolated node is not smeared over decades: the kernel is at most MAX_WIDTH wide."""
-    fig, ax = new_figure()
+    _, ax = new_figure()
     out = log_spectrum_curve(ax, np.array([0.0, 1e-2, 1.0]), np.array([0.5, 0.25, 0.25]), sigma=0.01, num_runs=2, zero_tol=1e-6)
     assert out.null_share == 0.5 and out.lowest == 1e-2 and out.highest == 1.0
     (line,) = ax.get_lines()
@@ -158,7 +165,7 @@ def test_log_spectrum_curve_of_one_isolated_node_keeps_it_in_place():
 
 
 def test_outlier_markers_negative_and_null_values():
-    fig, ax = new_figure()
+    _, ax = new_figure()
     ax.set_xscale("log")
     filled = outlier_markers(ax, np.array([3.0, -2.0, 0.0]), color="k", label="top", zero_tol=1e-9, annotate="all")
     np.testing.assert_array_equal(filled.get_xdata(), [3.0])
