@@ -2,6 +2,7 @@
 the toolkit has labelled axes, a legend and finite data; log-spectrum panels draw the
 outliers at their eigenvalues and report the null space as a share."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -182,7 +183,7 @@ def test_matrix_colors_of_knockouts():
 
 
 def test_spectra_figure_one_panel_per_operator_with_shared_axes():
-    from deepnet.spectrum import Spectra, spectra_figure
+    from deepnet.spectrum import Spectra, spectra_figure, spectra_report
 
     g, values = diagonal_spectrum("G", negative=0)
     e = spectrum(DenseOperator(torch.zeros(values.size, values.size, dtype=torch.float64)), 3, DensitySettings(num_steps=8, num_repeats=2), name="E")
@@ -197,6 +198,14 @@ def test_spectra_figure_one_panel_per_operator_with_shared_axes():
     lo, hi = g_ax.get_ylim()  # the zero operator does not stretch the shared axes
     assert 1e-9 < lo < hi < 1e3
     np.testing.assert_allclose(lines_labelled(g_ax, "top 3")[0].get_xdata(), OUTLIERS, rtol=1e-8)
+    # the report gives the figure's shares, and the bulk itself (not the estimator's bounds)
+    settings = dict(batch_size=10, num_outliers=3, which="largest", tol=1e-4, num_repeats=40, num_steps=48, kappa=3.0, seed=0)
+    report = spectra_report(dataclasses.replace(spectra, settings=settings))
+    share = spectrum_panel(new_figure()[1], g).null_share
+    assert report.startswith("# G / E spectra\n") and f"G {share:.1%}, E 100.0%" in report
+    assert "E all in the null space" in report
+    lo, hi = (float(v) for v in report.split("G [")[1].split("]")[0].split(","))
+    assert 0.1 <= lo < 0.2 and 0.9 < hi <= 1.0  # the positive bulk is log-uniform on [0.1, 1]
 
 
 def test_attribution_figure_one_log_spectrum_per_knockout():
@@ -241,8 +250,6 @@ def test_synthetic_figure_outliers_at_their_values():
 
 
 def test_theorem_figure_marks_exact_zeros():
-    import dataclasses
-
     from simulate.theorem import plot_theorem_study, run_theorem_study, theorem_settings
 
     study = run_theorem_study(theorem_settings(quick=True), show_progress=False)

@@ -36,6 +36,7 @@ __all__ = [
     "FONT",
     "PANEL",
     "LogSpectrum",
+    "SpectrumShares",
     "figure_legend",
     "legend_outside",
     "log_limits",
@@ -45,6 +46,7 @@ __all__ = [
     "outlier_markers",
     "set_labels",
     "spectrum_panel",
+    "spectrum_shares",
     "write_figure",
 ]
 
@@ -339,23 +341,17 @@ def spectrum_panel(
     name = spectrum.name or "A"
     label = label or name
     color = color or matrix_color(name)
-    lin, log = spectrum.density, spectrum.log_density
-    scale = max(float(np.max(np.abs(spectrum.outliers), initial=0.0)), abs(lin.bounds.lower), abs(lin.bounds.upper))
-    res = log.resolution
-    unresolved = res is not None and res.warning is not None and spectrum.point_mass is None
-    if zero_tol is None:
-        zero_tol = max(float(log.eps or 0.0), zero_rtol * scale, 2.0 * res.floor if unresolved else 0.0)
+    shares = spectrum_shares(spectrum, zero_tol=zero_tol, zero_rtol=zero_rtol)
+    zero_tol = shares.zero_tol
+    log = spectrum.log_density
     shown = log_spectrum_curve(
-        ax, lin.nodes, lin.weights, sigma=log.sigma, num_runs=log.num_repeats, weight=spectrum.bulk_weight,
-        zero_tol=zero_tol, point_mass=spectrum.point_mass, color=color, label=f"{label} bulk",
+        ax, spectrum.density.nodes, spectrum.density.weights, sigma=log.sigma, num_runs=log.num_repeats,
+        weight=spectrum.bulk_weight, zero_tol=zero_tol, point_mass=spectrum.point_mass, color=color, label=f"{label} bulk",
     )
     outliers = np.asarray(spectrum.outliers, dtype=np.float64)
-    null_out = float(np.sum(np.abs(outliers) <= zero_tol)) * spectrum.outlier_weight
-    outlier_markers(ax, outliers, color=color, zero_tol=zero_tol,
-                    label=f"{label}: top {outliers.size} ($1/p$ each)")
-    null_share = shown.null_share + null_out
-    negative = shown.negative_share + float(np.sum(outliers < -zero_tol)) * spectrum.outlier_weight
-    text = _shares("null space or unresolved" if unresolved else "null space", zero_tol, null_share, negative)
+    outlier_markers(ax, outliers, color=color, zero_tol=zero_tol, label=f"{label}: top {outliers.size} ($1/p$ each)")
+    near = "null space" if shares.unresolved_below is None else "null space or unresolved"
+    text = _shares(near, zero_tol, shares.null_share, shares.negative_share)
     if spectrum.point_mass is not None and abs(spectrum.point_mass) > zero_tol:
         text += f", bulk a point mass at {spectrum.point_mass:.3g}"
     values = np.abs(outliers[np.abs(outliers) > zero_tol])
@@ -366,8 +362,56 @@ def spectrum_panel(
                 ha="center", va="center", fontsize=FONT["note"], color=color)
     if title:
         ax.set_title(f"{label}\n{text}", fontsize=FONT["title"])
-    return LogSpectrum(null_share, negative, float(zero_tol), shown.peak, min(lows) if lows else None,
-                       max(highs) if highs else None, float(res.floor) if unresolved else None, text)
+    return LogSpectrum(shares.null_share, shares.negative_share, zero_tol, shown.peak, min(lows) if lows else None,
+                       max(highs) if highs else None, shares.unresolved_below, text)
+
+
+@dataclass(frozen=True)
+class SpectrumShares:
+    """Where the spectrum of a :class:`theory.spectrum.Spectrum` lies, in shares of ``p``.
+
+    ``null_share``: at ``|lambda| <= zero_tol`` (bulk nodes times ``bulk_weight`` plus
+    ``1/p`` per outlier there); ``negative_share``: at ``lambda < -zero_tol``;
+    ``bulk_range``: the ``quantiles`` of the bulk's measure outside the null space
+    (the bulk itself, not the estimator's bounds; None when all of it is null);
+    ``unresolved_below``: the Lanczos nodes' floor when they do not resolve the axis
+    towards zero (then ``zero_tol >= 2 floor``), else None.
+    """
+
+    zero_tol: float
+    null_share: float
+    negative_share: float
+    bulk_range: tuple[float, float] | None
+    unresolved_below: float | None
+
+
+def spectrum_shares(
+    spectrum: Any, *, zero_tol: float | None = None, zero_rtol: float = 1e-5, quantiles: tuple[float, float] = (0.01, 0.99),
+) -> SpectrumShares:
+    """The shares a log-spectrum panel reports (:func:`spectrum_panel`, whose docstring
+    gives the default ``zero_tol``), without drawing."""
+    lin, log = spectrum.density, spectrum.log_density
+    outliers = np.asarray(spectrum.outliers, dtype=np.float64)
+    scale = max(float(np.max(np.abs(outliers), initial=0.0)), abs(lin.bounds.lower), abs(lin.bounds.upper))
+    res = log.resolution
+    unresolved = res is not None and res.warning is not None and spectrum.point_mass is None
+    if zero_tol is None:
+        zero_tol = max(float(log.eps or 0.0), zero_rtol * scale, 2.0 * res.floor if unresolved else 0.0)
+    if spectrum.point_mass is not None:
+        nodes, weights = np.array([float(spectrum.point_mass)]), np.array([1.0])
+    else:
+        nodes, weights = np.asarray(lin.nodes, dtype=np.float64), np.asarray(lin.weights, dtype=np.float64)
+    weights = weights / weights.sum() * spectrum.bulk_weight
+    null = np.abs(nodes) <= zero_tol
+    null_share = float(weights[null].sum()) + float(np.sum(np.abs(outliers) <= zero_tol)) * spectrum.outlier_weight
+    negative = float(weights[nodes < -zero_tol].sum()) + float(np.sum(outliers < -zero_tol)) * spectrum.outlier_weight
+    bulk_range = None
+    if (~null).any():
+        order = np.argsort(nodes[~null])
+        v, w = nodes[~null][order], weights[~null][order]
+        cdf = (np.cumsum(w) - 0.5 * w) / w.sum()
+        bulk_range = (float(np.interp(quantiles[0], cdf, v)), float(np.interp(quantiles[1], cdf, v)))
+    return SpectrumShares(float(zero_tol), null_share, negative, bulk_range, float(res.floor) if unresolved else None)
 
 
 def write_figure(figure: Any, target: str | Path | IO[bytes], *, fmt: str = "png", dpi: int = 120) -> None:
