@@ -199,7 +199,7 @@ def test_spectra_figure_one_panel_per_operator_with_shared_axes():
     assert 1e-9 < lo < hi < 1e3
     np.testing.assert_allclose(lines_labelled(g_ax, "top 3")[0].get_xdata(), OUTLIERS, rtol=1e-8)
     # the report gives the figure's shares, and the bulk itself (not the estimator's bounds)
-    settings = dict(batch_size=10, num_outliers=3, which="largest", tol=1e-4, num_repeats=40, num_steps=48, kappa=3.0, seed=0)
+    settings = {"batch_size": 10, "num_outliers": 3, "which": "largest", "tol": 1e-4, "num_repeats": 40, "num_steps": 48, "kappa": 3.0, "seed": 0}
     report = spectra_report(dataclasses.replace(spectra, settings=settings))
     share = spectrum_panel(new_figure()[1], g).null_share
     assert report.startswith("# G / E spectra\n") and f"G {share:.1%}, E 100.0%" in report
