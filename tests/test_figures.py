@@ -263,3 +263,16 @@ def test_theorem_figure_marks_exact_zeros():
     assert len(zeros.get_xdata()) == count
     floor = zeros.get_ydata()[0]
     assert right.get_ylim()[0] < floor < min(g.max_error for g in grid if g.max_error > 0)
+
+
+def test_log_spectrum_curve_has_no_comb_where_the_nodes_are_sparse():
+    """Nodes 0.2 decades apart under a kernel of 0.01 decades: each kernel widens to the
+    nodes' spacing, so a flat measure is drawn flat, not as a comb of spikes."""
+    nodes = 10.0 ** np.arange(-2.0, 0.01, 0.2)
+    _, ax = new_figure()
+    log_spectrum_curve(ax, nodes, np.full(nodes.size, 1.0 / nodes.size), sigma=0.01, num_runs=1, zero_tol=1e-9)
+    (line,) = ax.get_lines()
+    x, y = line.get_xdata(), line.get_ydata()
+    inside = (x > 0.03) & (x < 0.3)
+    assert y[inside].max() / y[inside].min() < 1.5
+    np.testing.assert_allclose(np.trapezoid(y, np.log10(x)), 1.0, atol=1e-3)
