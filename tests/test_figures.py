@@ -158,7 +158,7 @@ def test_log_spectrum_curve_of_one_isolated_node_keeps_it_in_place():
     """An isolated node is not smeared over decades: the kernel is at most MAX_WIDTH wide."""
     _, ax = new_figure()
     out = log_spectrum_curve(ax, np.array([0.0, 1e-2, 1.0]), np.array([0.5, 0.25, 0.25]), sigma=0.01, num_runs=2, zero_tol=1e-6)
-    assert out.null_share == 0.5 and out.lowest == 1e-2 and out.highest == 1.0
+    assert out.null_share == 0.5 and 1e-3 <= out.lowest < 1e-2 and 1.0 < out.highest <= 10.0  # the visible range
     (line,) = ax.get_lines()
     x, y = line.get_xdata(), line.get_ydata()
     assert abs(np.trapezoid(y, np.log10(x)) - 0.5) < 1e-3

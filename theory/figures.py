@@ -170,7 +170,8 @@ class LogSpectrum:
     ``null_share``: share of the spectrum at ``|lambda| <= zero_tol`` (reported, not
     drawn); ``negative_share``: share at ``lambda < -zero_tol`` (drawn dashed at
     ``|lambda|``); ``peak``: the largest density drawn (per decade); ``lowest`` /
-    ``highest``: the range of ``|lambda|`` drawn (None when nothing is drawn);
+    ``highest``: the range of ``|lambda|`` where a curve is above :data:`VISIBLE` times its
+    peak, or where markers are (None when nothing is drawn);
     ``unresolved_below``: ``|lambda|`` below which the Lanczos nodes resolve nothing
     (None when resolved); ``text``: the summary line the panel's title carries.
     """
@@ -184,6 +185,9 @@ class LogSpectrum:
     unresolved_below: float | None
     text: str
 
+
+VISIBLE = 1e-4
+"""A curve's density below this fraction of its peak does not widen the axes."""
 
 MAX_WIDTH = 0.25
 """Widest drawing kernel of a log-spectrum, decades."""
@@ -279,8 +283,9 @@ def log_spectrum_curve(
             else:
                 ax.plot(x, dens, color=color, lw=lw, ls=ls, label=name)
             peak = max(peak, float(dens.max()))
-            lo = float(v.min()) if lo is None else min(lo, float(v.min()))
-            hi = float(v.max()) if hi is None else max(hi, float(v.max()))
+            seen = x[dens >= VISIBLE * dens.max()]
+            lo = float(seen[0]) if lo is None else min(lo, float(seen[0]))
+            hi = float(seen[-1]) if hi is None else max(hi, float(seen[-1]))
     return LogSpectrum(null_share, negative_share, float(zero_tol), peak, lo, hi, None,
                        _shares("null space", zero_tol, null_share, negative_share))
 
