@@ -158,6 +158,7 @@ def attribution_lines(st, att: dict) -> list[str]:
              "Verdicts by subtraction (docs/attribution.md): component (size) when attributable, ? when not, - when absent. "
              "Control: the symmetric-probability Fisher of Theorem 8.1 on the same data at the trained alpha; 'expected': the "
              "features Theorem 8.1 puts above its moment-matched bulk edge at this N.", "",
+             "Columns 4-9 are of the trained Fisher.", "",
              "| C | SNR | alpha | separated | class-span outliers | common mode | outlier shares class / diag / cross / within | "
              "diag/(class+diag) | bump (of C(C-2)) | trained: outliers / bump / bulk | control: outliers / bump / bulk | control as expected |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
