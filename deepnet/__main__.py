@@ -16,6 +16,7 @@ from theory.devices import check_device
 COMMANDS = {
     "train": ("deepnet.train", "train a network with the papers' protocol and write a run folder"),
     "spectrum": ("deepnet.spectrum", "Hessian / G / E spectra of a trained checkpoint"),
+    "structure": ("deepnet.structure_cli", "class / cross-class structure of G and the Hessian of a checkpoint"),
 }
 
 
