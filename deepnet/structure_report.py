@@ -353,13 +353,14 @@ def hessian_figure(hs: HessianStructure, title: str = "") -> Any:
     and the principal cosines between ``span{g_c}`` and ``H``'s top-``C`` eigenspace."""
     fig, axes = new_figure(1, 2, figsize=(12, 4.2))
     ax = axes[0]
-    series = [("H", hs.h, "k", "o"), ("G", hs.g, "tab:blue", "s"), ("class + cross + diag (Gram)", hs.gram_eigenvalues["means"], "tab:gray", "."),
+    series = [("G", hs.g, "tab:blue", "s"), ("class + cross + diag (Gram)", hs.gram_eigenvalues["means"], "tab:gray", "."),
               ("class + cross (Gram)", hs.gram_eigenvalues["class+cross"], "tab:orange", "x"),
-              ("class (Gram)", hs.gram_eigenvalues["class"], "tab:red", "^")]
-    for label, vals, colour, marker in series:
+              ("class (Gram)", hs.gram_eigenvalues["class"], "tab:red", "^"), ("H", hs.h, "k", "o")]
+    for label, vals, colour, marker in series:  # H last, open circles: visible where it coincides with G
         vals = np.asarray(vals)
         vals = vals[vals > 0]
-        ax.semilogy(np.arange(1, vals.size + 1), vals, ls="none", marker=marker, color=colour, ms=5, label=label)
+        ax.semilogy(np.arange(1, vals.size + 1), vals, ls="none", marker=marker, color=colour, ms=7 if label == "H" else 5,
+                    mfc="none" if label == "H" else colour, label=label)
     ax.set_xlabel("index $c$")
     ax.set_ylabel("eigenvalue $\\lambda_c$ (log scale)")
     ax.set_title("hierarchy " + ("holds" if hs.hierarchy.holds else "VIOLATED")
