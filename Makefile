@@ -20,3 +20,4 @@ bench: setup
 	$(PY) bench/mlr.py
 	$(PY) bench/mlr_closed_forms.py
 	$(PY) bench/products.py --threads 1
+	$(PY) bench/topk.py --threads 1

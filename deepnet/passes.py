@@ -68,6 +68,7 @@ __all__ = [
     "SharedLayerError",
     "class_batches",
     "cross_class_backward",
+    "cross_class_residuals",
     "gradient_sums",
     "output_gradients",
     "parameter_groups",
@@ -164,10 +165,13 @@ def class_batches(risk: EmpiricalRisk) -> Iterator[ClassBatch]:
 def output_gradients(probs: torch.Tensor, weighted: bool) -> torch.Tensor:
     """``U[c', i] = s_{i,c'} (p_i - e_{c'})`` (C, b, C) with ``s = p_{i,c'}`` (weighted) or
     ``sqrt(p_{i,c'})`` (unweighted): the output gradients whose backward passes give the cells."""
-    C = probs.shape[1]
-    residual = probs[None, :, :] - torch.eye(C, dtype=probs.dtype, device=probs.device)[:, None, :]
     scale = probs.T if weighted else probs.T.sqrt()
-    return scale[:, :, None] * residual
+    return scale[:, :, None] * cross_class_residuals(probs)
+
+
+def cross_class_residuals(probs: torch.Tensor) -> torch.Tensor:
+    """``R[c', i] = p_i - e_{c'}`` (C, b, C): the output gradients of the loss of every cross-class label."""
+    return probs[None, :, :] - torch.eye(probs.shape[1], dtype=probs.dtype, device=probs.device)[:, None, :]
 
 
 def _backward(
@@ -230,7 +234,7 @@ class LayerTaps:
 
     def __enter__(self) -> Self:
         for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(lambda m, a, out, name=name: self._record(name, a[0], out)))
+            self._handles.append(module.register_forward_hook(lambda m, a, out, name=name: self._record(name, a, out)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -244,7 +248,10 @@ class LayerTaps:
         self.outputs.clear()
         self._versions.clear()
 
-    def _record(self, name: str, a: torch.Tensor, out: torch.Tensor) -> None:
+    def _record(self, name: str, a: tuple, out: torch.Tensor) -> None:
+        if not a or not torch.is_tensor(a[0]) or not torch.is_tensor(out):
+            raise ValueError(f"layers: {name!r} was called without a tensor input or output, so it has no features or errors")
+        a = a[0]
         if name in self.outputs:
             raise SharedLayerError(
                 f"layers: {name!r} runs more than once per forward (shared weights), so its per-example "

@@ -31,7 +31,7 @@ from torch import nn
 
 from theory.checks import check_int, check_real
 from theory.density import DensitySettings, density_settings
-from theory.figures import new_figure
+from theory.figures import FONT, figure_legend, log_limits, new_figure, spectrum_panel, spectrum_shares
 from theory.runs import RunFolder
 from theory.spectrum import Spectrum, spectrum
 
@@ -40,11 +40,6 @@ from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
 __all__ = ["Spectra", "compute_spectra", "spectra_figure", "spectra_report", "add_arguments", "run"]
 
 LABELS = {"hessian": "Hessian", "G": "G", "E": "E"}
-STYLES = {  # the Hessian wide and pale underneath, so that G and E stay visible where they coincide with it
-    "hessian": dict(color="black", lw=2.4, alpha=0.45),
-    "G": dict(color="tab:blue", lw=1.2),
-    "E": dict(color="tab:red", lw=1.2, ls="--"),
-}
 
 
 @dataclass(frozen=True)
@@ -141,75 +136,97 @@ def compute_spectra(
                    str(risk.dtype), str(risk.device), seconds, record)
 
 
-def spectra_figure(spectra: Spectra, title: str = "") -> Any:
-    """Two panels: the deflated bulk densities (times their weight ``(P-k)/P``) on a
-    linear axis (log-scale density) and on ``log10(|lambda| + eps)``, outliers as
-    markers along the top; one colour per operator."""
-    fig, axes = new_figure(1, 2, figsize=(12, 4.2))
-    for s in spectra.spectra:
-        style, label = STYLES[s.name], LABELS[s.name]
-        for ax, bulk, log in ((axes[0], s.density, False), (axes[1], s.log_density, True)):
-            y = s.bulk_weight * bulk.density
-            ax.plot(bulk.grid, np.maximum(y, 1e-300), label=f"{label} bulk", **style)
-            x = np.log10(np.abs(s.outliers) + bulk.eps) if log else s.outliers
-            ax.plot(x, np.full(x.shape, 1.0), ls="none", marker="v", color=style["color"], ms=6, scaley=False,
-                    transform=ax.get_xaxis_transform(), clip_on=False, label=f"{label} top-{len(x)}")
-    axes[0].set_yscale("log")
-    peak = max(float((s.bulk_weight * s.density.density).max()) for s in spectra.spectra)
-    axes[0].set_ylim(1e-6 * peak, 3 * peak)
-    axes[0].set_xlabel("eigenvalue $\\lambda$")
-    axes[0].set_ylabel("density (bulk, deflated)")
+def spectra_figure(spectra: Spectra, source: str = "") -> Any:
+    """One log-spectrum panel per operator, shared axes (Papyan 2020, Figs. 3-4 style):
+    the deflated bulk (times ``(P-k)/P``) as a density per decade of ``|lambda|``, the
+    top ``k`` eigenvalues as markers at their values, the null space and the share
+    below zero as numbers in each panel's title (:func:`theory.figures.spectrum_panel`).
+    The title names the operators computed and ``source`` (model, data)."""
+    n = len(spectra.spectra)
+    fig, axes = new_figure(1, n, sharex=True, sharey=True, squeeze=False, layout="constrained",
+                           figsize=(max(4.2 * n, 6.0), 3.6))
+    shown = [spectrum_panel(ax, s, label=LABELS[s.name]) for ax, s in zip(axes.flat, spectra.spectra)]
+    lows = [v.lowest for v in shown if v.lowest is not None]
+    highs = [v.highest for v in shown if v.highest is not None]
     eps = spectra.settings.get("eps", 1e-6)
-    axes[1].set_xlabel(f"$\\log_{{10}}(|\\lambda| + {eps:g})$")
-    axes[1].set_ylabel("density of the log")
-    axes[0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(title or f"Hessian = G + E: P = {spectra.num_parameters:,}, N = {spectra.num_data}, C = {spectra.num_classes} "
-                 f"(outliers {chr(9660)} on top)")
-    fig.tight_layout()
+    lo, hi = (min(lows), max(highs)) if lows else (eps, 1.0)
+    axes[0, 0].set_xlim(lo / 3.0, hi * 3.0)
+    axes[0, 0].set_ylim(*log_limits(max(v.peak for v in shown), decades=5.0))
+    for ax in axes.flat:
+        ax.set_xlabel("$|\\lambda|$ (eigenvalue magnitude)")
+        ax.set_ylabel("density per decade of $|\\lambda|$")
+    figure_legend(fig, axes)
+    k = spectra.spectra[0].outliers.size
+    fig.suptitle(f"Spectra of {_join([LABELS[s.name] for s in spectra.spectra])}" + (f": {source}" if source else "")
+                 + f"\nP = {spectra.num_parameters:,} parameters, N = {spectra.num_data} examples, "
+                 f"C = {spectra.num_classes} classes; bulk after deflating the top {k}", fontsize=FONT["suptitle"])
     return fig
 
 
-def _negative_mass(record: Spectrum) -> float:
-    """Share of the whole spectrum below zero (bulk by quadrature nodes, plus outliers)."""
-    bulk = record.density
-    below = float(bulk.weights[bulk.nodes < 0].sum()) * record.bulk_weight
-    return below + record.outlier_weight * int((record.outliers < 0).sum())
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def spectra_report(spectra: Spectra, source: str = "") -> str:
-    """The markdown summary written as ``report.md``."""
+    """The markdown summary written as ``report.md``: first what the spectra look like
+    (largest eigenvalues, null space, share below zero, the bulk), then how they were
+    computed, the table (its columns explained once) and the warnings. The shares are
+    those of the figure (:func:`theory.figures.spectrum_shares`)."""
     s = spectra.settings
+    names = [LABELS[sp.name] for sp in spectra.spectra]
+    shares = {sp.name: spectrum_shares(sp) for sp in spectra.spectra}
+
+    def bulk(name: str) -> str:
+        r = shares[name].bulk_range
+        return "all in the null space" if r is None else f"[{r[0]:.3g}, {r[1]:.3g}]"
+
+    largest = ", ".join(f"{LABELS[sp.name]} {sp.top.eigenvalues[0]:.4g}" for sp in spectra.spectra)
+    kinds = {sp.name for sp in spectra.spectra}
+    if {"hessian", "G"} <= kinds:
+        largest += f" (Hessian / G = {spectra['hessian'].top.eigenvalues[0] / spectra['G'].top.eigenvalues[0]:.3f})"
+    null = ", ".join(f"{LABELS[n]} {v.null_share:.1%}" for n, v in shares.items())
+    negative = ", ".join(f"{LABELS[n]} {v.negative_share:.1%}" for n, v in shares.items() if v.negative_share > 0) or "none"
     lines = [
-        "# Hessian / G / E spectra",
+        f"# {' / '.join(names)} spectra",
         "",
-        f"{source}P = {spectra.num_parameters:,} parameters ({len(spectra.params)} tensors), N = {spectra.num_data} "
-        f"training examples, C = {spectra.num_classes} classes; {spectra.dtype} products on {spectra.device}, "
-        f"batches of {s['batch_size']}.",
+        f"* Largest eigenvalues: {largest}.",
+        f"* Null space (eigenvalues Lanczos cannot tell from zero): {null} of the P = {spectra.num_parameters:,} "
+        f"parameters; below zero: {negative}.",
+        "* Bulk (1st to 99th percentile outside the null space): " + "; ".join(f"{LABELS[n]} {bulk(n)}" for n in shares) + ".",
         "",
-        f"Top {s['num_outliers']} eigenvalues ({s['which']}) by subspace iteration (tol {s['tol']:g}); the rest by "
-        f"{s['num_repeats']} Lanczos runs of {s['num_steps']} steps on the deflated operator (kappa {s['kappa']:g}, "
-        f"seed {s['seed']}). Figure: `spectra.png`; every number: `results.json`.",
+        (f"{source}P = {spectra.num_parameters:,} parameters ({len(spectra.params)} tensors), N = {spectra.num_data} "
+         f"training examples, C = {spectra.num_classes} classes; {spectra.dtype} products on {spectra.device}, "
+         f"batches of {s['batch_size']}."),
         "",
-        "| operator | top eigenvalues | max residual | converged | bulk range | share below 0 | products | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        (f"Top {s['num_outliers']} eigenvalues ({s['which']}) by subspace iteration (tol {s['tol']:g}); the rest by "
+         f"{s['num_repeats']} Lanczos runs of {s['num_steps']} steps on the deflated operator (kappa {s['kappa']:g}, "
+         f"seed {s['seed']}). Figure: `spectra.png`; every number: `results.json`."),
+        "",
+        "| operator | top eigenvalues | max residual | converged | bulk | null space | below 0 | products | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for sp in spectra.spectra:
         top = ", ".join(f"{v:.4g}" for v in sp.top.eigenvalues)
-        b = sp.density.bounds
-        bulk = f"point mass at {sp.point_mass:.4g}" if sp.point_mass is not None else f"[{b.lower:.3g}, {b.upper:.3g}]"
+        sh = shares[sp.name]
         lines.append(
             f"| {LABELS[sp.name]} | {top} | {float(np.max(sp.top.residuals)):.2e} | {'yes' if sp.top.converged else 'no'} "
-            f"| {bulk} | {_negative_mass(sp):.3f} | {sp.num_products} | {spectra.seconds.get(sp.name, float('nan')):.1f} |"
+            f"| {bulk(sp.name)} | {sh.null_share:.1%} (\\|λ\\| ≤ {sh.zero_tol:.1g}) | {sh.negative_share:.1%} "
+            f"| {sp.num_products} | {spectra.seconds.get(sp.name, float('nan')):.1f} |"
         )
-    if {"hessian", "G"} <= {sp.name for sp in spectra.spectra}:
-        h, g = spectra["hessian"].top.eigenvalues, spectra["G"].top.eigenvalues
-        lines += ["", f"Largest eigenvalue: Hessian {h[0]:.4g}, G {g[0]:.4g} (ratio {h[0] / g[0]:.3f})."]
+    lines += [
+        "",
+        "Columns: *max residual* is the largest `|A v - lambda v|` of the top eigenpairs (unit `v`); *bulk* the 1st "
+        "and 99th percentiles of the deflated bulk's quadrature measure outside the null space (the bulk itself, not "
+        "the estimator's bounds); *null space* the share of all P eigenvalues at `|lambda|` up to the tolerance shown "
+        "(zero, or below what the Lanczos nodes resolve); *below 0* the share below minus that tolerance; *products* "
+        "the operator-vector products used (eigenpairs, densities, symmetry probes).",
+    ]
     if any(not sp.top.converged for sp in spectra.spectra):
         lines += ["", "Some top eigenpairs did not reach the tolerance: raise `--max-iterations` (their residuals are listed)."]
     for sp in spectra.spectra:
         if sp.point_mass is not None:
-            lines += ["", f"{LABELS[sp.name]}: the deflated bulk has zero width, a point mass at {sp.point_mass:.4g} "
-                          f"(weight {sp.bulk_weight:.6g}); its densities show it as one kernel."]
+            lines += ["", (f"{LABELS[sp.name]}: the deflated bulk has zero width, a point mass at {sp.point_mass:.4g} "
+                           f"(weight {sp.bulk_weight:.6g}); the figure reports it as a share, not as a density.")]
         for note in sp.warnings:
             lines += ["", f"{LABELS[sp.name]}: {note}."]
     return "\n".join(lines) + "\n"
@@ -219,27 +236,49 @@ def spectra_report(spectra: Spectra, source: str = "") -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `python -m deepnet train` (file or its run folder)")
+    """The options of ``python -m deepnet spectrum``, each with its default and meaning."""
+    parser.description = (
+        "Top eigenvalues and log-spectra of the Hessian, G and E of a trained checkpoint over its data "
+        "(Papyan 2020, Figs. 3-4); writes results.json, report.md and spectra.png to a run folder."
+    )
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint of `python -m deepnet train`: the .pt file or its run folder (required)")
     parser.add_argument("--operator", nargs="+", default=["hessian", "G", "E"], choices=list(OPERATORS),
-                        help="operators to analyse (default: all three)")
-    parser.add_argument("--out", default=None, help="run folder (default: runs/spectrum-<checkpoint folder name>)")
+                        help="operators to analyse, any of hessian (H), G (Gauss-Newton) and E = H - G "
+                             "(default: all three)")
+    parser.add_argument("--out", default=None, help="run folder to write (default: runs/spectrum-<checkpoint folder name>)")
     parser.add_argument("--params", nargs="+", default=None,
-                        help="parameter or module names to restrict to (one layer: e.g. layers.1); default all")
-    parser.add_argument("--split", choices=["train", "test"], default="train", help="data the operators average over (default train)")
-    parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--float64", action="store_true", help="products in float64 (a converted copy of the model)")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--num-outliers", type=int, default=None, help="top eigenpairs to deflate (default: the number of classes)")
-    parser.add_argument("--which", choices=["largest", "magnitude"], default="largest")
-    parser.add_argument("--num-steps", type=int, default=128, help="Lanczos steps per density run")
-    parser.add_argument("--num-repeats", type=int, default=10, help="Lanczos runs per density")
-    parser.add_argument("--kappa", type=float, default=3.0, help="kernel sharpness (> 1)")
-    parser.add_argument("--eps", type=float, default=1e-6, help="eps of the log axis log10(|lambda| + eps)")
-    parser.add_argument("--tol", type=float, default=1e-4, help="relative residual tolerance of the top eigenpairs")
-    parser.add_argument("--max-iterations", type=int, default=300, help="subspace iterations at most")
-    parser.add_argument("--method", choices=list(METHODS), default="double-backward", help="Hessian / E product")
-    parser.add_argument("--max-columns", type=int, default=8, help="columns per vectorised chunk")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="parameter or module names to restrict the operators to, e.g. layers.1 for one layer "
+                             "(default: all parameters)")
+    parser.add_argument("--split", choices=["train", "test"], default="train",
+                        help="data split the operators average over (default: train)")
+    parser.add_argument("--batch-size", type=int, default=1000,
+                        help="examples per batch of a product; memory grows with it, the result does not change "
+                             "(default: 1000)")
+    parser.add_argument("--float64", action="store_true",
+                        help="products in float64 on a converted copy of the model (default: the model's dtype)")
+    parser.add_argument("--device", default=None, help="device of the products, e.g. cpu or cuda:0 (default: cuda when available, else cpu)")
+    parser.add_argument("--num-outliers", type=int, default=None,
+                        help="top eigenpairs computed and deflated before the bulk density (default: the number of classes C)")
+    parser.add_argument("--which", choices=["largest", "magnitude"], default="largest",
+                        help="top eigenpairs by largest value or by largest magnitude (negative ones too) (default: largest)")
+    parser.add_argument("--num-steps", type=int, default=128,
+                        help="Lanczos steps per density run; the log axis is resolved down to about width/steps^2 "
+                             "(default: 128)")
+    parser.add_argument("--num-repeats", type=int, default=10,
+                        help="Lanczos runs (random starts) per density; more runs smooth the density (default: 10)")
+    parser.add_argument("--kappa", type=float, default=3.0,
+                        help="kernel sharpness kappa > 1 of the density (larger: narrower kernel) (default: 3)")
+    parser.add_argument("--eps", type=float, default=1e-6, help="eps of the log axis log10(|lambda| + eps) (default: 1e-6)")
+    parser.add_argument("--tol", type=float, default=1e-4,
+                        help="relative residual tolerance |A v - lambda v| / |lambda| of the top eigenpairs (default: 1e-4)")
+    parser.add_argument("--max-iterations", type=int, default=300, help="subspace iterations at most (default: 300)")
+    parser.add_argument("--method", choices=list(METHODS), default="double-backward",
+                        help="how Hessian and E products are computed (default: double-backward)")
+    parser.add_argument("--max-columns", type=int, default=8,
+                        help="product columns computed together in one vectorised chunk (default: 8)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random starts of the eigenpairs and the Lanczos runs (default: 0)")
 
 
 def _load(checkpoint: str, split: str, device: str | None) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], int, Any]:
@@ -273,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     source = f"Checkpoint `{checkpoint}` ({model_name} on {dataset}, {args.split} split). "
     folder = RunFolder(out)  # created only now: a run that fails above leaves nothing behind
     folder.write_json("results.json", {"checkpoint": str(checkpoint), "split": args.split, "config": config, "spectra": spectra})
-    folder.save_figure("spectra.png", spectra_figure(spectra, f"{model_name} on {dataset} ({args.split}): Hessian = G + E"))
+    folder.save_figure("spectra.png", spectra_figure(spectra, f"{model_name} on {dataset} ({args.split})"))
     folder.write_text("report.md", spectra_report(spectra, source))
     print(f"spectrum: wrote {folder.path}")
     return 0

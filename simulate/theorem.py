@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from theory.figures import new_figure
+from theory.figures import FONT, legend_outside, new_figure, set_labels
 from theory.mlr import expected_fisher, symmetric_probabilities, theorem_eigenvalues
 from theory.progress import progress
 from theory.runs import RunFolder
@@ -222,9 +222,11 @@ def run_theorem_study(settings: TheoremSettings, show_progress: bool = True) -> 
 
 def plot_theorem_study(study: TheoremStudy):
     """Left: RMS relative error of the Monte Carlo Fisher vs ``n`` per class (log-log) with
-    the fitted line and a slope ``-1/2`` reference; right: the dense-vs-theorem errors of the grid."""
+    the fitted line and a slope ``-1/2`` reference; right: the dense-vs-theorem errors of
+    the grid, errors that are exactly zero drawn as open markers on the axis floor (a
+    decade below the smallest nonzero error) and counted in the legend."""
     conv = study.convergence
-    fig, axes = new_figure(1, 2, figsize=(11, 4.2))
+    fig, axes = new_figure(1, 2, figsize=(11.5, 4.0), layout="constrained")
     ax = axes[0]
     n = conv.n_per_class.astype(float)
     for r in range(conv.errors.shape[1]):
@@ -232,21 +234,27 @@ def plot_theorem_study(study: TheoremStudy):
     ax.loglog(n, conv.rms, "o", color="tab:blue", label="root mean square")
     ax.loglog(n, np.exp(conv.intercept) * n**conv.slope, "-", color="tab:blue", label=f"fit: slope {conv.slope:.3f} ± {conv.slope_stderr:.3f}")
     ax.loglog(n, conv.rms[0] * (n / n[0]) ** -0.5, ":", color="k", label="slope -1/2")
-    ax.set_xlabel("examples per class n")
-    ax.set_ylabel(r"$\|G_n - E[G]\|_F \,/\, \|E[G]\|_F$")
-    ax.set_title(f"Monte Carlo Fisher vs Lemma 8.1 (C={conv.num_classes}, D={conv.dim}, s={conv.snr:g}, alpha={conv.alpha:g})", fontsize=9)
-    ax.legend(fontsize=8)
+    set_labels(ax, "examples per class n", r"relative error $\|G_n - E[G]\|_F \,/\, \|E[G]\|_F$",
+               f"Monte Carlo Fisher vs Lemma 8.1 (C={conv.num_classes}, D={conv.dim}, s={conv.snr:g}, alpha={conv.alpha:g})")
+    ax.legend(fontsize=FONT["legend"], loc="lower left")
     ax = axes[1]
-    sizes = np.array([g.num_classes * g.dim for g in study.grid])
-    errs = np.array([max(g.max_error, 1e-18) for g in study.grid])
-    ax.semilogy(sizes, errs, "o", ms=4, alpha=0.6)
-    ax.axhline(np.finfo(float).eps, color="k", ls=":", lw=1, label="machine epsilon")
-    ax.set_xscale("log")
-    ax.set_xlabel("matrix size C D")
-    ax.set_ylabel(r"max $|\lambda_{eigh} - \lambda_{theorem}| / \lambda_{max}$")
-    ax.set_title(f"dense eigh vs Theorem 8.1: {len(study.grid)} grid points", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    sizes = np.array([g.num_classes * g.dim for g in study.grid], dtype=float)
+    errs = np.array([g.max_error for g in study.grid], dtype=float)
+    eps = float(np.finfo(float).eps)
+    zero = errs == 0
+    floor = 0.1 * min(float(errs[~zero].min()) if (~zero).any() else eps, eps)
+    ax.loglog(sizes[~zero], errs[~zero], "o", ms=4, alpha=0.6, color="tab:blue", label="grid points")
+    if zero.any():
+        ax.plot(sizes[zero], np.full(int(zero.sum()), floor), "o", ms=5, mfc="none", color="tab:blue", clip_on=False,
+                label=f"exactly 0 ({int(zero.sum())} points, drawn at the floor)")
+    ax.axhline(eps, color="k", ls=":", lw=1, label="machine epsilon")
+    ax.set_ylim(bottom=floor / 2)
+    ticks = np.unique(sizes)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xticks([], minor=True)
+    set_labels(ax, "matrix size C D", r"max relative error $|\lambda_{eigh} - \lambda_{theorem}| / \lambda_{max}$",
+               f"dense eigh vs Theorem 8.1: {len(study.grid)} grid points")
+    legend_outside(ax)
     return fig
 
 

@@ -202,6 +202,19 @@ def test_feature_outliers_are_the_class_means():
     assert report.common_mode.norm == pytest.approx(float(f.global_mean.norm()))
 
 
+def test_features_without_within_variation_have_an_absent_bulk():
+    """Every example equals its class mean: the within part is zero, the spectrum is C
+    outliers and exact zeros, so the bulk is ``absent`` (not a division by its zero mass)."""
+    rng = np.random.default_rng(4)
+    C, n, d_ = 4, 30, 40
+    labels = np.repeat(np.arange(C), n)
+    h = (rng.standard_normal((C, d_)) * 3.0)[labels]
+    report = attribute_decomposition(decompose_features(h, labels), density=DENSITY)
+    assert report.verdict("outliers").component == "class" and report.verdict("outliers").size == C
+    bulk = report.verdict("bulk")
+    assert bulk.verdict == "absent" and "no mass" in bulk.evidence
+
+
 # --------------------------------------------------------------------------- certificates and errors
 
 

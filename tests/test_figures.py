@@ -1,14 +1,30 @@
-"""Figures are made one way (theory.figures): no pyplot, saved atomically."""
+"""Figures are made one way (theory.figures): no pyplot, saved atomically; every figure of
+the toolkit has labelled axes, a legend and finite data; log-spectrum panels draw the
+outliers at their eigenvalues and report the null space as a share."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from theory.figures import new_figure, write_figure
+from theory.density import DensitySettings
+from theory.figures import (
+    COLORS,
+    log_spectrum_curve,
+    matrix_color,
+    new_figure,
+    outlier_markers,
+    spectrum_panel,
+    write_figure,
+)
+from theory.operators import DenseOperator
 from theory.runs import RunFolder
+from theory.spectrum import spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,3 +85,194 @@ def test_write_figure_to_a_path(tmp_path):
     fig, _ = new_figure(figsize=(2, 2))
     write_figure(fig, tmp_path / "f.svg", fmt="svg")
     assert (tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
+
+
+# ----------------------------------------------------------------------------- the figure style and its panels
+
+OUTLIERS = np.array([5.0, 4.0, 3.0])
+NULL, NEGATIVE, POSITIVE = 300, 50, 200
+
+
+def diagonal_spectrum(name="G", null=NULL, negative=NEGATIVE, seed=0):
+    """A diagonal operator with known parts: three outliers, a positive bulk on
+    [0.1, 1] (log-uniform), ``negative`` eigenvalues on [-0.5, -0.1] and ``null`` exact zeros."""
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([OUTLIERS, 10 ** rng.uniform(-1, 0, POSITIVE), -rng.uniform(0.1, 0.5, negative), np.zeros(null)])
+    op = DenseOperator(torch.diag(torch.as_tensor(values)))
+    return spectrum(op, 3, DensitySettings(num_steps=48, num_repeats=40, seed=seed), name=name), values
+
+
+def lines_labelled(ax, text):
+    return [line for line in ax.get_lines() if text in str(line.get_label())]
+
+
+def check_panels(fig):
+    """Every visible panel has both axes labelled and only finite data; the figure has a legend."""
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert panels
+    for ax in panels:
+        assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), ax.get_title()
+        for line in ax.get_lines():
+            assert np.isfinite(np.asarray(line.get_xdata(), dtype=float)).all()
+            assert np.isfinite(np.asarray(line.get_ydata(), dtype=float)).all()
+        assert np.isfinite(ax.get_xlim()).all() and np.isfinite(ax.get_ylim()).all()
+    assert fig.legends or any(ax.get_legend() is not None for ax in panels)
+
+
+def test_spectrum_panel_reports_the_null_space_and_draws_outliers_at_their_eigenvalues():
+    s, values = diagonal_spectrum()
+    p = values.size
+    _, ax = new_figure(layout="constrained")
+    shown = spectrum_panel(ax, s)
+    # the outliers are markers at their eigenvalues (x in data units), none elsewhere
+    (markers,) = lines_labelled(ax, "top 3")
+    np.testing.assert_allclose(markers.get_xdata(), OUTLIERS, rtol=1e-8)
+    # the null space (exact zeros) is a number in the title, not a spike: the Gauss nodes
+    # weigh it to about 1/sqrt(repeats) of sqrt(2/p) relative
+    assert abs(shown.null_share - NULL / p) < 0.015 and abs(shown.negative_share - NEGATIVE / p) < 0.015
+    assert f"{shown.null_share:.1%}" in ax.get_title() and "null space" in ax.get_title()
+    assert f"{shown.negative_share:.1%}" in ax.get_title()
+    # no spike below the bulk's lower end 0.1: the null space is not drawn
+    curves = lines_labelled(ax, "bulk")
+    assert curves and all(np.max(c.get_ydata()[c.get_xdata() < 0.03], initial=0.0) < 1e-3 * shown.peak for c in curves)
+    # the drawn density integrates (per decade) to the bulk's share, null space left out
+    positive = next(c for c in curves if c.get_linestyle() == "-")
+    x, y = positive.get_xdata(), positive.get_ydata()
+    assert abs(np.trapezoid(y, np.log10(x)) - POSITIVE / p) < 0.03
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and matrix_color("G") == COLORS["G"]
+    assert markers.get_color() == COLORS["G"]
+
+
+def test_spectrum_panel_of_a_zero_operator_says_so_and_draws_nothing():
+    op = DenseOperator(torch.zeros(30, 30, dtype=torch.float64))
+    s = spectrum(op, 2, DensitySettings(num_steps=8, num_repeats=2), name="E")
+    assert s.point_mass == 0.0
+    _, ax = new_figure()
+    shown = spectrum_panel(ax, s)
+    assert shown.null_share == 1.0 and shown.lowest is None and "100.0%" in ax.get_title()
+    assert not ax.get_lines()  # no kernel at log10(eps), no markers at zero
+    assert any("whole spectrum" in t.get_text() for t in ax.texts)
+
+
+def test_log_spectrum_curve_of_one_isolated_node_keeps_it_in_place():
+    """An isolated node is not smeared over decades: the kernel is at most MAX_WIDTH wide."""
+    _, ax = new_figure()
+    out = log_spectrum_curve(ax, np.array([0.0, 1e-2, 1.0]), np.array([0.5, 0.25, 0.25]), sigma=0.01, num_runs=2, zero_tol=1e-6)
+    assert out.null_share == 0.5 and 1e-3 <= out.lowest < 1e-2 and 1.0 < out.highest <= 10.0  # the visible range
+    (line,) = ax.get_lines()
+    x, y = line.get_xdata(), line.get_ydata()
+    assert abs(np.trapezoid(y, np.log10(x)) - 0.5) < 1e-3
+    assert y[np.argmin(np.abs(x - 0.1))] < 1e-3 * y.max()  # nothing half-way between the two nodes
+
+
+def test_outlier_markers_negative_and_null_values():
+    _, ax = new_figure()
+    ax.set_xscale("log")
+    filled = outlier_markers(ax, np.array([3.0, -2.0, 0.0]), color="k", label="top", zero_tol=1e-9, annotate="all")
+    np.testing.assert_array_equal(filled.get_xdata(), [3.0])
+    (open_,) = lines_labelled(ax, "<0")
+    np.testing.assert_array_equal(open_.get_xdata(), [2.0])
+    assert open_.get_markerfacecolor() == "none" and {t.get_text() for t in ax.texts} == {"3", "-2"}
+    assert outlier_markers(ax, np.zeros(2), color="k", zero_tol=1e-9) is None
+
+
+def test_matrix_colors_of_knockouts():
+    assert matrix_color("A - class") == matrix_color("P⊥ A P⊥ (class)") == COLORS["class"]
+    assert matrix_color("H") == matrix_color("hessian") == COLORS["hessian"]
+    assert matrix_color("A - class+diag") == COLORS["class+diag"] and matrix_color("unknown") == COLORS["A"]
+
+
+def test_spectra_figure_one_panel_per_operator_with_shared_axes():
+    from deepnet.spectrum import Spectra, spectra_figure, spectra_report
+
+    g, values = diagonal_spectrum("G", negative=0)
+    e = spectrum(DenseOperator(torch.zeros(values.size, values.size, dtype=torch.float64)), 3, DensitySettings(num_steps=8, num_repeats=2), name="E")
+    spectra = Spectra((g, e), values.size, 100, 3, ("w",), "torch.float64", "cpu", settings={"eps": 1e-6})
+    fig = spectra_figure(spectra, "a test model")
+    check_panels(fig)
+    g_ax, e_ax = fig.axes
+    assert g_ax.get_shared_x_axes().joined(g_ax, e_ax) and g_ax.get_shared_y_axes().joined(g_ax, e_ax)
+    title = fig.get_suptitle()
+    assert "G and E" in title and "Hessian" not in title and "a test model" in title
+    assert "100.0%" in e_ax.get_title() and g_ax.get_title().startswith("G\n")
+    lo, hi = g_ax.get_ylim()  # the zero operator does not stretch the shared axes
+    assert 1e-9 < lo < hi < 1e3
+    np.testing.assert_allclose(lines_labelled(g_ax, "top 3")[0].get_xdata(), OUTLIERS, rtol=1e-8)
+    # the report gives the figure's shares, and the bulk itself (not the estimator's bounds)
+    settings = {"batch_size": 10, "num_outliers": 3, "which": "largest", "tol": 1e-4, "num_repeats": 40, "num_steps": 48, "kappa": 3.0, "seed": 0}
+    report = spectra_report(dataclasses.replace(spectra, settings=settings))
+    share = spectrum_panel(new_figure()[1], g).null_share
+    assert report.startswith("# G / E spectra\n") and f"G {share:.1%}, E 100.0%" in report
+    assert "E all in the null space" in report
+    lo, hi = (float(v) for v in report.split("G [")[1].split("]")[0].split(","))
+    assert 0.1 <= lo < 0.2 and 0.9 < hi <= 1.0  # the positive bulk is log-uniform on [0.1, 1]
+
+
+def test_attribution_figure_one_log_spectrum_per_knockout():
+    from theory.attribution import Component, attribute
+
+    rng = np.random.default_rng(4)
+    p = 200
+    Z = rng.standard_normal((p, 400))
+    W = Z @ Z.T / 400
+    F = rng.standard_normal((p, 4)) * 2.0
+    A = DenseOperator(torch.as_tensor(W + F @ F.T))
+    B = DenseOperator(torch.as_tensor(F @ F.T))
+    basis = torch.linalg.qr(torch.as_tensor(F))[0]
+    report = attribute(A, {"class": Component("class", 4, True, B, basis), "within": Component("within", None, True, DenseOperator(torch.as_tensor(W)), None)},
+                       features={"outliers": "class"}, density={"num_steps": 32, "num_repeats": 4}, eigensolver="dense")
+    fig = report.figure()
+    check_panels(fig)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == len(report.spectra)
+    assert all(panels[0].get_shared_x_axes().joined(panels[0], ax) for ax in panels)
+    titles = [ax.get_title() for ax in panels]
+    assert all("?" not in t and "null space" in t for t in titles)
+    assert titles[0].startswith("A: 4 outliers")
+    sub = titles[[s.name for s in report.spectra].index("A - class")]
+    assert sub.startswith("A - class: outliers gone")
+    # A's outliers are drawn at their eigenvalues in every panel
+    for ax in panels:
+        np.testing.assert_allclose(np.sort(lines_labelled(ax, "A's outliers")[0].get_xdata()),
+                                   np.sort(report.verdict("outliers").eigenvalues))
+
+
+def test_synthetic_figure_outliers_at_their_values():
+    from theory.synthetic import plot_synthetic_check, run_synthetic_check
+
+    check, exact = run_synthetic_check(size=200, num_steps=24, num_repeats=2, seed=1)
+    fig = plot_synthetic_check(check, exact)
+    check_panels(fig)
+    (markers,) = lines_labelled(fig.axes[1], "outliers")
+    np.testing.assert_allclose(markers.get_xdata(), check.outliers_estimated)
+    assert "1/p" in markers.get_label().replace("$", "") and "e-03" in markers.get_label()
+    assert {t.get_text() for t in fig.axes[1].texts} == {f"{v:.3g}" for v in check.outliers_estimated}
+
+
+def test_theorem_figure_marks_exact_zeros():
+    from simulate.theorem import plot_theorem_study, run_theorem_study, theorem_settings
+
+    study = run_theorem_study(theorem_settings(quick=True), show_progress=False)
+    grid = [dataclasses.replace(g, max_error=0.0) if i < 2 else g for i, g in enumerate(study.grid)]
+    fig = plot_theorem_study(dataclasses.replace(study, grid=grid))
+    check_panels(fig)
+    right = fig.axes[1]
+    (zeros,) = lines_labelled(right, "exactly 0")
+    count = sum(g.max_error == 0 for g in grid)
+    assert count >= 2 and f"{count} points" in zeros.get_label() and zeros.get_markerfacecolor() == "none"
+    assert len(zeros.get_xdata()) == count
+    floor = zeros.get_ydata()[0]
+    assert right.get_ylim()[0] < floor < min(g.max_error for g in grid if g.max_error > 0)
+
+
+def test_log_spectrum_curve_has_no_comb_where_the_nodes_are_sparse():
+    """Nodes 0.2 decades apart under a kernel of 0.01 decades: each kernel widens to the
+    nodes' spacing, so a flat measure is drawn flat, not as a comb of spikes."""
+    nodes = 10.0 ** np.arange(-2.0, 0.01, 0.2)
+    _, ax = new_figure()
+    log_spectrum_curve(ax, nodes, np.full(nodes.size, 1.0 / nodes.size), sigma=0.01, num_runs=1, zero_tol=1e-9)
+    (line,) = ax.get_lines()
+    x, y = line.get_xdata(), line.get_ydata()
+    inside = (x > 0.03) & (x < 0.3)
+    assert y[inside].max() / y[inside].min() < 1.5
+    np.testing.assert_allclose(np.trapezoid(y, np.log10(x)), 1.0, atol=1e-3)

@@ -106,48 +106,6 @@ def test_bounds_contain_the_spectrum():
     assert b.upper - b.lower < 1.5 * (ev[-1] - ev[0])
 
 
-# ------------------------------------------------------------------ top eigenpairs
-@pytest.mark.parametrize(
-    "name, matrix, which",
-    [
-        ("wishart", spiked_wishart(600, [9.0, 7.0, 5.0]), "largest"),
-        ("wigner", spiked_wigner(600, [8.0, 6.0, 4.5]), "largest"),
-        ("huge outlier", spiked_wishart(500, [1e6, 10.0]) * 1e-3, "largest"),
-        ("indefinite magnitude", spiked_wigner(500, [7.0, -9.0, 5.0]), "magnitude"),
-        ("indefinite largest", spiked_wigner(500, [7.0, -9.0, 5.0]) , "largest"),
-    ],
-)
-def test_top_eigenpairs_against_eigh(name, matrix, which):
-    k = 3 if name != "huge outlier" else 2
-    ev, vec = torch.linalg.eigh(matrix)
-    ev = ev.numpy()
-    if which == "largest":
-        want = ev[::-1][:k]
-    else:
-        want = np.sort(ev[np.argsort(-np.abs(ev))][:k])[::-1]
-    res = top_eigenpairs(matrix, k, which=which, tol=1e-8)
-    assert res.converged
-    assert _rel(res.eigenvalues, want) < 1e-8, (name, res.eigenvalues, want)
-    # eigenvectors: residuals as reported, and aligned with the dense ones
-    V = res.eigenvectors
-    R = matrix @ V - V * torch.as_tensor(res.eigenvalues)
-    np.testing.assert_allclose(R.norm(dim=0).numpy(), res.residuals, rtol=1e-6, atol=1e-12)
-    assert np.all(res.residuals <= 1e-7 * np.abs(ev).max())
-
-
-def test_smallest_eigenpairs_of_a_shifted_matrix():
-    A = -spiked_wishart(400, [6.0, 4.0])
-    ev = torch.linalg.eigvalsh(A).numpy()
-    res = top_eigenpairs(A, 2, which="smallest", tol=1e-9)
-    assert _rel(np.sort(res.eigenvalues), ev[:2]) < 1e-8
-
-
-def test_fixed_iteration_count_is_respected():
-    A = spiked_wishart(200, [9.0, 7.0])
-    res = top_eigenpairs(A, 2, num_iterations=5)
-    assert res.num_iterations == 5
-
-
 # ----------------------------------------------------------------------- densities
 def test_density_integrates_to_one_and_matches_smoothed_histogram():
     A = spiked_wishart(1000, [8.0, 6.0, 4.0])

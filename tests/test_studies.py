@@ -287,12 +287,6 @@ def test_numbers_are_bitwise_equal_for_any_number_of_workers(threads_restored):
     assert serial == parallel
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="theory.spectral.top_eigenpairs (torch reductions) changes in the last bits with torch's "
-    "thread count; the Numba products and the MLR fit are bitwise (test_simulate_solver), the study's "
-    "numbers agree to ~1e-15 relative (next test)",
-)
 def test_numbers_are_bitwise_equal_for_one_and_two_threads(threads_restored):
     from simulate.study import configure, measure_point
 
@@ -302,21 +296,6 @@ def test_numbers_are_bitwise_equal_for_one_and_two_threads(threads_restored):
         threads_restored(threads)
         points.append(_numbers(measure_point(st, 3, 8.0, seed=0)[0]))
     assert points[0] == points[1]
-
-
-def test_numbers_agree_to_round_off_for_one_and_two_threads(threads_restored):
-    from simulate.study import configure, measure_point
-
-    st = configure(True, _TINY)
-    points = []
-    for threads in (1, 2):
-        threads_restored(threads)
-        points.append(measure_point(st, 3, 8.0, seed=0)[0])
-    a, b = points
-    assert a.test_error == b.test_error and a.alpha == b.alpha  # the fit is bitwise
-    np.testing.assert_allclose(a.spectrum.outliers, b.spectrum.outliers, rtol=1e-13)
-    for key in ("ratio", "predicted_error", "predicted_error_bbp"):
-        assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-12)
 
 
 # --------------------------------------------------------------------------- killed runs

@@ -39,6 +39,7 @@ decomposition, or any operators):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,17 @@ import scipy.linalg
 import torch
 
 from .checks import check_real
-from .figures import new_figure
+from .figures import (
+    COLORS,
+    FONT,
+    figure_legend,
+    log_limits,
+    log_spectrum_curve,
+    matrix_color,
+    new_figure,
+    outlier_markers,
+    set_labels,
+)
 from .operators import SymmetricOperator, as_operator, check_symmetric, orthonormal_basis
 from .runs import RunFolder
 from .spectral import (
@@ -425,39 +436,59 @@ class AttributionReport:
         return "\n".join(lines) + "\n"
 
     def figure(self, columns: int = 3):
-        """Log-densities of ``A`` (grey) and of each knockout over it (Papyan 2020, Fig. 5
-        style), separated eigenvalues marked as ticks and each panel's threshold as a
-        dashed line; the x range is the support of ``A`` (zero eigenvalues of projection
-        knockouts, at ``log10(eps)``, may fall outside it)."""
+        """One log-spectrum per operator, ``A`` first, then every knockout, on shared axes
+        (Papyan 2020, Fig. 5 style): the spectrum of ``A`` shaded grey in every panel,
+        the knockout's over it in its component's colour, both as densities per decade
+        of ``|lambda|`` (:func:`theory.figures.log_spectrum_curve`; the null space,
+        ``|lambda| <= zero_tol``, as a share in the title, not drawn); ``A``'s features
+        as markers at their eigenvalues along the top, the eigenvalues the knockout
+        still separates as markers below them, its threshold dashed. Each title says
+        what the knockout removes (:attr:`FeatureVerdict.vanishes_under`)."""
         n = len(self.spectra)
         cols = min(columns, n)
         rows = math.ceil(n / cols)
-        fig, axes = new_figure(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+        fig, axes = new_figure(rows, cols, sharex=True, sharey=True, squeeze=False, layout="constrained",
+                               figsize=(4.0 * cols, 3.0 * rows + 0.6))
+        zero_tol = float(self.settings.get("zero_tol") or 0.0)
         base = self.spectra[0]
-        eps = base.log_density.eps
-        floor = max(base.log_density.density.max(), 1e-300) * 1e-5
-        support = base.log_density.grid[base.log_density.density > 10 * floor]
-        xlim = (support.min() - 0.5, support.max() + 0.3) if support.size else None
+        present = [f for f in self.features if f.size > 0]
+        peak, lo, hi = 0.0, [], []
         for ax, s in zip(axes.flat, self.spectra):
-            ax.fill_between(base.log_density.grid, floor, np.maximum(base.log_density.density, floor), color="0.8", label="A")
+            curves = [log_spectrum_curve(ax, base.density.nodes, base.density.weights, sigma=base.log_density.sigma,
+                                         num_runs=base.log_density.num_repeats, zero_tol=zero_tol, color=COLORS["A"],
+                                         label="A", fill=True)]
             if s is not base:
-                ax.semilogy(s.log_density.grid, np.maximum(s.log_density.density, floor), color="C3", lw=1.2, label=s.name)
+                curves.append(log_spectrum_curve(ax, s.density.nodes, s.density.weights, sigma=s.log_density.sigma,
+                                                 num_runs=s.log_density.num_repeats, zero_tol=zero_tol,
+                                                 color=matrix_color(s.name), label="knockout (its component's colour)"))
+            for marker, f in zip("vDsP", (f for f in present if f.feature != "bulk")):
+                outlier_markers(ax, f.eigenvalues, color="0.3", marker=marker, y=0.95, annotate="none",
+                                label=f"A's {f.feature}")
+            kept = s.eigenvalues[s.eigenvalues > s.threshold]
+            if s is not base:
+                outlier_markers(ax, kept, color=matrix_color(s.name), marker="|", y=0.85, annotate="none",
+                                label="separated after the knockout")
+            ax.axvline(abs(s.threshold), color="k", ls="--", lw=0.8,
+                       label="own edge threshold" if s.edge is not None else "edge threshold of A")
+            peak = max([peak] + [c.peak for c in curves])
+            lo += [c.lowest for c in curves if c.lowest is not None]
+            hi += [c.highest for c in curves if c.highest is not None] + [float(np.abs(s.eigenvalues).max(initial=0.0))]
+            if s is base:
+                counts = ", ".join(f"{f.size} {f.feature}" for f in present if f.feature != "bulk")
+                head = f"A: {counts or 'no separated eigenvalues'}"
             else:
-                ax.set_yscale("log")
-            sep = s.eigenvalues[s.eigenvalues > s.threshold]
-            ax.plot(np.log10(np.abs(sep) + eps), np.full(sep.size, floor * 3), "|", color="C0", ms=10, mew=0.6,
-                    label="separated eigenvalues")
-            ax.axvline(math.log10(abs(s.threshold) + eps), color="k", ls="--", lw=0.8,
-                       label="own edge threshold" if s.edge is not None else "edge threshold")
-            if xlim is not None:
-                ax.set_xlim(*xlim)
-            ax.set_title(f"{s.name}: {s.num_separated} separated", fontsize=9)
-            ax.set_xlabel("log10(|lambda| + eps)", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6, loc="upper left")
+                gone = [f.feature for f in present if s.name in f.vanishes_under]
+                head = f"{s.name}: " + (" and ".join(gone) + " gone" if gone else "nothing vanishes")
+            ax.set_title(f"{head}\n{curves[-1].text}", fontsize=FONT["title"])
+            set_labels(ax, "$|\\lambda|$ (eigenvalue magnitude)", "density per decade of $|\\lambda|$")
+        if lo:
+            axes[0, 0].set_xlim(min(lo) / 3.0, max(hi) * 3.0)
+        axes[0, 0].set_ylim(*log_limits(peak, decades=4.0, headroom=1.3))
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
-        fig.tight_layout()
+        figure_legend(fig, axes)
+        fig.suptitle("Knockouts of A: what each subtraction or projection removes from its spectrum",
+                     fontsize=FONT["suptitle"])
         return fig
 
     def save(self, out: str | RunFolder, prefix: str = "attribution") -> RunFolder:
@@ -481,7 +512,7 @@ def _dense_eigenpairs(op: SymmetricOperator, k: int) -> Eigenpairs:
     res = np.linalg.norm(D @ vecs - vecs * vals, axis=0)
     return Eigenpairs(
         eigenvalues=vals, eigenvectors=torch.as_tensor(vecs).to(dtype=op.dtype, device=op.device), residuals=res,
-        num_iterations=0, converged=True, which="largest", block_size=p, seed=0,
+        num_iterations=0, converged=True, which="largest", block_size=p, seed=0, num_products=p,
     )
 
 
@@ -768,9 +799,11 @@ def attribute(
     bounds = lin_a.bounds
     deflated = bulk_density(A, pairs, settings=dens, check_symmetry=False)
     edge = estimate_bulk_edge(pairs.eigenvalues, p, bulk=deflated.bulk, margin=edge_margin, fit_fraction=fit_fraction)
-    thr = edge.threshold
     if zero_tol is None:
         zero_tol = 1e-6 * float(np.max(np.abs(pairs.eigenvalues)))
+    if edge.threshold < zero_tol:  # a bulk of exact zeros has its edge at round-off: nothing below zero_tol is separated
+        edge = dataclasses.replace(edge, threshold=zero_tol, num_separated=int(np.sum(pairs.eigenvalues > zero_tol)))
+    thr = edge.threshold
 
     def bulk_mass(d: SpectralDensity, threshold: float) -> float:
         return float(d.weights[(d.nodes > zero_tol) & (d.nodes <= threshold)].sum())
@@ -850,6 +883,12 @@ def attribute(
                 {}, overlap,
             ))
             continue
+        if f == "bulk" and mass_a <= 0:
+            verdicts.append(FeatureVerdict(
+                f, None, size, vals, "absent", None, [], [],
+                f"the density of A has no mass between zero_tol {zero_tol:.3g} and the threshold {thr:.4g}", {}, overlap,
+            ))
+            continue
         if f == "bulk":
             shares = _normalised({n: _complement_trace(c, U_sep, seed) for n, c in comps.items()})
         else:
@@ -861,7 +900,7 @@ def attribute(
         def kept(s: KnockoutSpectrum, f: str = f) -> bool:
             return s.bulk_mass >= stay * mass_a if f == "bulk" else s.retained[f] >= stay
 
-        others = [g for g in sep_feats if g != f] + (["bulk"] if f != "bulk" else [])
+        others = [g for g in sep_feats if g != f] + (["bulk"] if f != "bulk" and mass_a > 0 else [])
         verdict, name, evidence = _decide(f, others, subs, projs, knockouts, mass_a, vanish, stay)
         if f in feature_overlaps:
             evidence += f"; mean overlap with its defining range {overlap:.2f}"

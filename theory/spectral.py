@@ -17,7 +17,8 @@ eigenproblems and Rayleigh-Ritz Gram matrices are float64 on the CPU.
   Gaussian-smoothed density ``phi(x) = (1/n) sum_runs sum_k tau_k N(x; theta_k, sigma^2)``
   on a linear or a log axis; :func:`spectral_density`, :func:`log_spectral_density`
   and :func:`spectral_densities` are thin wrappers.
-* :func:`top_eigenpairs`: extreme eigenpairs with residuals and ``converged``.
+* :func:`top_eigenpairs`: thick-restart block Lanczos with Rayleigh-Ritz; residuals,
+  ``converged`` and ``num_products`` in the result.
 * :func:`deflate` and :func:`bulk_density`: remove outliers ``A - Q diag(lambda) Q^T``
   and estimate the density of the rest, outliers kept as point masses ``1/p``.
 * :func:`spectrum`: the record of all of it for one operator (:class:`Spectrum`).
@@ -42,7 +43,7 @@ from .density import (
     spectral_densities,
     spectral_density,
 )
-from .eigenpairs import Eigenpairs, deflate, top_eigenpairs
+from .eigenpairs import ConvergenceWarning, Eigenpairs, deflate, top_eigenpairs
 from .lanczos import (
     LanczosResult,
     SpectralBounds,
@@ -53,6 +54,7 @@ from .lanczos import (
 from .spectrum import Spectrum, spectrum
 
 __all__ = [
+    "ConvergenceWarning",
     "DeflatedDensity",
     "DensitySettings",
     "Eigenpairs",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .figures import new_figure
+from .figures import COLORS, FONT, figure_legend, new_figure, outlier_markers, set_labels
 from .operators import as_operator
 from .spectral import DeflatedDensity, SpectralDensity, bulk_density, gaussian_smooth, spectral_density, top_eigenpairs
 
@@ -101,33 +101,31 @@ def run_synthetic_check(
 
 def plot_synthetic_check(check: SyntheticCheck, exact: np.ndarray):
     """Two panels on a log density axis: the full density with the histogram of
-    exact eigenvalues, and the deflated bulk with the outliers as point masses."""
-    fig, axes = new_figure(1, 2, figsize=(12, 4.2), sharey=True)
+    exact eigenvalues, and the deflated bulk (times its weight ``(p-k)/p``) with the
+    outliers, point masses ``1/p`` each, as labelled markers at their estimated
+    values; the theory values ``theta^2 / (theta - 1)`` dotted."""
+    fig, axes = new_figure(1, 2, figsize=(10, 4.0), sharey=True, layout="constrained")
     k = len(check.outliers_exact)
     d, b = check.density, check.deflated.bulk
     bins = np.linspace(min(d.grid[0], 0.0), d.grid[-1], 120)
     for ax, values, dens, title in (
-        (axes[0], exact, d, "without deflation"),
-        (axes[1], exact[:-k], b, f"after deflating the top {k}"),
+        (axes[0], exact, d, "whole spectrum (no deflation)"),
+        (axes[1], exact[:-k], b, f"bulk after deflating the top {k}"),
     ):
         hist, edges = np.histogram(values, bins=bins, density=True)
         ax.stairs(hist * len(values) / len(exact), edges, fill=True, alpha=0.35, color="tab:gray", label="exact eigenvalues (histogram)")
         scale = 1.0 if dens is d else check.deflated.bulk_weight
-        ax.plot(dens.grid, dens.density * scale, color="tab:blue", lw=1.5, label="Lanczos density estimate")
+        ax.plot(dens.grid, dens.density * scale, color=COLORS["G"], lw=1.5, label="Lanczos density estimate")
         ax.set_yscale("log")
-        ax.set_ylim(1e-5, 10)
-        ax.set_xlabel("eigenvalue")
-        ax.set_title(title)
-    for x in check.outliers_theory:
-        for ax in axes:
+        ax.set_ylim(1e-5, 30)
+        set_labels(ax, "eigenvalue $\\lambda$", "density (share of eigenvalues per unit $\\lambda$)", title)
+        for x in check.outliers_theory:
             ax.axvline(x, color="tab:red", ls=":", lw=1)
-    axes[1].vlines(check.outliers_estimated, 1e-5, check.deflated.outlier_weight / (bins[1] - bins[0]), color="tab:green", lw=2.5, label="outliers (point masses 1/p)")
     axes[0].plot([], [], color="tab:red", ls=":", label=r"theory $\theta^2/(\theta-1)$")
-    axes[0].set_ylabel("density")
-    for ax in axes:
-        ax.legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"Synthetic check: diag(5,4,3,0,...) + ZZ^T/n, n = {check.size}")
-    fig.tight_layout()
+    outlier_markers(axes[1], np.asarray(check.outliers_estimated), color="tab:green", annotate="all",
+                    label=f"outliers by subspace iteration (point masses $1/p$ = {check.deflated.outlier_weight:.1e} each)")
+    figure_legend(fig, axes, ncols=2)
+    fig.suptitle(f"Synthetic check: diag(5, 4, 3, 0, ...) + $ZZ^T/n$, n = {check.size}", fontsize=FONT["suptitle"])
     return fig
 
 

@@ -1,0 +1,128 @@
+"""Cost of the per-layer features + errors pass (``deepnet.layers``) for all layers, in
+units of one plain gradient pass over the same data (``EmpiricalRisk.loss_and_gradient``);
+goal: at most ``C + 2``.
+
+For an MLP with batch norm (eval mode) on a class-balanced Fashion-MNIST subset, times
+
+* ``layer passes``: one forward and the C backward passes to the outputs of every
+  Linear layer per class batch (``layer_passes``, batched over c'), nothing kept;
+* ``statistics, sums only``: the same streamed into the accumulators (C sums per layer
+  for the features, C^2 for the errors) without dense second moments (``dense_limit=1``);
+* ``statistics, dense``: with the dense ``d x d`` second moments of features and errors
+  (the default for ``d <= 3000``; they cost about ``(C + 1) / 3`` gradient passes more);
+
+in the stored (mixed-class) order and sorted by class. Timings are the best of
+``--repeats`` interleaved rounds. Peak memory of each job: on CUDA the peak allocated
+above the start; on the CPU (Linux) the growth of the peak resident set above the
+resident set at the start (torch's CPU allocations are invisible to ``tracemalloc``; the
+script re-executes itself with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed blocks
+leave the resident set). Memory is measured after the timings (warm).
+
+Run: ``python bench/layers.py [--per-class 300] [--batch-size 500] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable
+
+import torch
+from gradient_means import peak_bytes
+from products import best_times
+
+from deepnet.data import load_subset
+from deepnet.layers import layer_passes, layer_statistics, select_layers
+from deepnet.models import MLP
+from deepnet.operators import EmpiricalRisk
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as handle:
+        return int(re.search(rf"{key}:\s+(\d+) kB", handle.read()).group(1)) * 1024
+
+
+def peak_rss_growth(job: Callable[[], object]) -> float:
+    """Bytes by which the peak resident set grows above the current one while ``job`` runs
+    (Linux: the peak is reset by writing 5 to ``/proc/self/clear_refs``)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    base = _status_bytes("VmRSS")
+    job()
+    return float(_status_bytes("VmHWM") - base)
+
+
+def peak_memory(job: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        return peak_bytes(lambda: (job(), torch.cuda.synchronize(device)), device)
+    return peak_rss_growth(job)
+
+
+def bench_order(label: str, model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, args: argparse.Namespace) -> None:
+    risk = EmpiricalRisk(model, (X, Y), batch_size=args.batch_size)
+    C = risk.num_classes
+    modules = select_layers(risk.model)
+
+    def passes_only() -> None:
+        for _ in layer_passes(risk, modules):
+            pass
+
+    jobs: dict[str, Callable[[], object]] = {
+        "gradient pass": risk.loss_and_gradient,
+        "layer passes": passes_only,
+        "statistics, sums only": lambda: layer_statistics(risk, dense_limit=1),
+        "statistics, dense": lambda: layer_statistics(risk),
+    }
+    t = best_times(jobs, args.repeats)
+    peaks = {name: peak_memory(job, risk.device) for name, job in jobs.items()}
+    grad = t["gradient pass"]
+    widths = [m.in_features for m in modules.values()] + [modules[list(modules)[-1]].out_features]
+    sums = sum(C * m.in_features + C * C * m.out_features for m in modules.values()) * X.element_size()
+    dense = sum(m.in_features**2 + m.out_features**2 for m in modules.values()) * X.element_size()
+    print(f"\n== {label}: layer widths {widths}, N = {risk.num_data}, C = {C}, batch {args.batch_size}, {risk.dtype}, "
+          f"{risk.device}; one gradient pass {1e3 * grad:.1f} ms; accumulator sums {sums / 2**20:.2f} MiB, "
+          f"dense second moments {dense / 2**20:.2f} MiB")
+    head = f"{'job':<24s} {'ms':>9s} {'/gradient':>10s} {'/(C+2)':>7s} {'peak MiB':>9s}"
+    print(head)
+    print("-" * len(head))
+    for name, seconds in t.items():
+        print(f"{name:<24s} {1e3 * seconds:9.1f} {seconds / grad:10.2f} {seconds / grad / (C + 2):7.2f} {peaks[name] / 2**20:9.1f}")
+
+
+def main() -> None:
+    if sys.platform == "linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # large blocks straight from and back to the OS, so that the resident set follows the live memory
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="fashion-mnist", help="a deepnet.data name (default fashion-mnist)")
+    parser.add_argument("--root", default=None, help="data root (default: the usual places, see deepnet.data)")
+    parser.add_argument("--per-class", type=int, default=300, help="training examples per class (default 300)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mlp-depth", type=int, default=2)
+    parser.add_argument("--mlp-width", type=int, default=256)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_subset(args.dataset, root=args.root, per_class=args.per_class, seed=args.seed, device=device)
+    X, Y = data.train.images.to(device), data.train.labels.to(device)
+    print(f"{data.name}: {len(Y)} training images {tuple(data.in_shape)}, {data.num_classes} classes; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
+    torch.manual_seed(args.seed)
+    model = MLP(data.in_shape, data.num_classes, depth=args.mlp_depth, width=args.mlp_width).to(device).eval()
+    name = f"MLP {args.mlp_depth} x {args.mlp_width} (BN)"
+    bench_order(f"{name}, stored order (batches split by label)", model, X, Y, args)
+    order = torch.argsort(Y.cpu(), stable=True).to(device)
+    bench_order(f"{name}, sorted by class (class-pure batches)", model, X[order], Y[order], args)
+
+
+if __name__ == "__main__":
+    main()

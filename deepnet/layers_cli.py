@@ -1,0 +1,319 @@
+"""``python -m deepnet layers --checkpoint RUN [--out DIR]``: the class structure of a
+trained classifier layer by layer (Papyan 2020, Sec. 7, Figs. 7-10 and 13).
+
+Loads a checkpoint of ``python -m deepnet train``, rebuilds its training subset (or
+the test split), and computes in one run
+
+* per layer the features and errors (:func:`deepnet.layers.layer_statistics`) and
+  their separation measures against depth (:func:`deepnet.layers.layer_separation`);
+* the Kronecker cosines of the gradient means (:func:`deepnet.kronecker.kronecker_structure`,
+  from :func:`deepnet.passes.gradient_sums`), for the Linear layers and, with
+  ``--conv patches``, the Conv2d layers;
+* the weights' singular values and stationarity predictions
+  (:func:`deepnet.weights.weight_structure`) for the checkpoint's weight decay;
+
+and writes ``results.json`` (atomically, :class:`theory.runs.RunFolder`), the figures
+``separation.png``, ``spectra.png``, ``kronecker.png``, ``weights.png``, with
+``--attribution`` the attribution of every layer's spectra (``attribution-*``), and
+then ``report.md``. Every setting is checked before the checkpoint is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from theory.checks import check_int, check_real
+from theory.runs import RunFolder
+
+from .kronecker import KroneckerStructure, kronecker_structure
+from .layers import (
+    CONV_FEATURES,
+    SeparationWithDepth,
+    layer_attribution,
+    layer_separation,
+    layer_statistics,
+)
+from .operators import EmpiricalRisk
+from .passes import gradient_sums
+from .weights import WeightStructure, weight_structure
+
+__all__ = ["add_arguments", "kronecker_figure", "layers_report", "run", "separation_figure", "spectra_figure", "weights_figure"]
+
+_MEASURES = (
+    ("outlier_to_bulk", "$\\lambda_C / \\lambda_{C+1}$ (outliers / bulk)", True),
+    ("class_eigenvalue_ratio", "$\\lambda_2 / \\lambda_C$ of the class part", True),
+    ("trace_ratio", "tr $\\Sigma_B$ / tr $\\Sigma_W$", True),
+    ("within_over_between", "tr$(\\Sigma_W \\Sigma_B^+) / C$", True),
+    ("mean_abs_cosine", "mean |cos| of centred class means", False),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `python -m deepnet train` (file or its run folder)")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/layers-<checkpoint folder name>)")
+    parser.add_argument("--layers", nargs="+", default=None, help="Linear / Conv2d module names (default: all of them)")
+    parser.add_argument("--conv", choices=list(CONV_FEATURES), default="mean",
+                        help="conv features: spatial mean of the input channels, or of the unfolded patches")
+    parser.add_argument("--unweighted", action="store_true", help="the sqrt(p)-scaled errors of arXiv 1901.08244")
+    parser.add_argument("--split", choices=["train", "test"], default="train")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--float64", action="store_true", help="passes in float64 (a converted copy of the model)")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--dense-limit", type=int, default=3072, help="dense second moments up to this width")
+    parser.add_argument("--weight-decay", type=float, default=None, help="eta of the stationarity prediction (default: the checkpoint's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the matrix-free spectra of wide layers")
+    parser.add_argument("--attribution", action="store_true",
+                        help="also attribute every layer's outliers / bump / bulk to the parts (slow for layers wider than --dense-limit)")
+    parser.add_argument("--num-steps", type=int, default=128, help="Lanczos steps of the attribution densities (at most d)")
+    parser.add_argument("--num-repeats", type=int, default=10, help="Lanczos runs per attribution density")
+
+
+def _axes_by_depth(ax: Any, names: list[str]) -> None:
+    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+    ax.set_xlabel("layer")
+
+
+def separation_figure(sep: SeparationWithDepth, title: str = "") -> Any:
+    """Five measures of :class:`deepnet.layers.Separation` and the global-mean share
+    against depth, for the features and the errors."""
+    # no pyplot: no backend or global state touched
+    from matplotlib.figure import Figure
+
+    names = list(sep.layers)
+    fig = Figure(figsize=(13, 7))
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (measure, label, log) in zip(axes, _MEASURES):
+        for which, style in (("features", "o-"), ("errors", "s--")):
+            values = sep.series(which, measure)
+            ax.plot(range(len(names)), np.where(np.isfinite(values), values, np.nan), style, label=which)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(label, fontsize=9)
+        _axes_by_depth(ax, names)
+    axes[-1].plot(range(len(names)), [layer.global_mean_share for layer in sep.layers.values()], "o-")
+    axes[-1].set_title("global-mean share of the features $|\\mu_G|^2 / \\mathrm{tr}\\, H$", fontsize=9)
+    _axes_by_depth(axes[-1], names)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or "Separation with depth")
+    fig.tight_layout()
+    return fig
+
+
+def spectra_figure(sep: SeparationWithDepth, title: str = "") -> Any:
+    """The eigenvalues of every layer's feature and error second moments (descending, log
+    scale, one colour per depth), outliers marked by the first ``C`` points."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
+    colours = colormaps["viridis"](np.linspace(0, 1, max(len(sep.layers), 2)))
+    C = sep.num_classes
+    for ax, which in zip(axes, ("features", "errors")):
+        for colour, (name, layer) in zip(colours, sep.layers.items()):
+            lam = getattr(layer, which).eigenvalues
+            lam = lam / lam[0] if lam.size and lam[0] > 0 else lam
+            ax.plot(np.arange(1, lam.size + 1), np.maximum(lam, 1e-16), color=colour, lw=1, label=name)
+            ax.plot(np.arange(1, min(C, lam.size) + 1), np.maximum(lam[:C], 1e-16), "o", color=colour, ms=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("index k")
+        ax.set_ylabel("$\\lambda_k / \\lambda_1$")
+        ax.set_title(f"{which} second moments (first C = {C} marked)", fontsize=9)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title or "Spectra of all layers")
+    fig.tight_layout()
+    return fig
+
+
+def kronecker_figure(kron: KroneckerStructure, title: str = "") -> Any:
+    """Per layer the cosines of the gradient cross-class means (all cells) and class means
+    with their Kronecker predictions."""
+    from matplotlib.figure import Figure
+
+    names = list(kron.layers)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for k, layer in enumerate(kron.layers.values()):
+        cells = layer.cell_cosines[np.isfinite(layer.cell_cosines)]
+        ax.plot(np.full(cells.shape, k - 0.1), cells, ".", color="tab:blue", alpha=0.4, label="cells" if k == 0 else None)
+        ax.plot(np.full(layer.class_cosines.shape, k + 0.1), layer.class_cosines, ".", color="tab:red", alpha=0.6,
+                label="classes" if k == 0 else None)
+    ax.plot(range(len(names)), [layer.mean_cell_cosine for layer in kron.layers.values()], "k-", label="weighted mean (cells)")
+    ax.set_ylabel("cos(g, $\\mu^h \\otimes \\mu^\\delta$)")
+    _axes_by_depth(ax, names)
+    ax.legend(fontsize=8)
+    fig.suptitle(title or "Kronecker structure of the gradient means")
+    fig.tight_layout()
+    return fig
+
+
+def weights_figure(weights: WeightStructure, num_classes: int, title: str = "") -> Any:
+    """Singular values of every weight (normalised by the largest), ``C`` marked."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    colours = colormaps["viridis"](np.linspace(0, 1, max(len(weights.layers), 2)))
+    for colour, (name, layer) in zip(colours, weights.layers.items()):
+        s = layer.singular_values / layer.singular_values[0]
+        ax.plot(np.arange(1, s.size + 1), s, color=colour, lw=1, label=name)
+    ax.axvline(num_classes, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("index k (dotted: C)")
+    ax.set_ylabel("$\\sigma_k / \\sigma_1$")
+    ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title or "Singular values of the weights")
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or np.isnan(x) else f"{x:.3g}"
+
+
+def layers_report(
+    sep: SeparationWithDepth,
+    kron: KroneckerStructure | None,
+    weights: WeightStructure | None,
+    source: str = "",
+    seconds: float = float("nan"),
+) -> str:
+    """The markdown summary written as ``report.md``."""
+    lines = [
+        "# Class structure layer by layer",
+        "",
+        (
+            f"{source}C = {sep.num_classes} classes; errors {'weighted by p' if sep.weighted else 'scaled by sqrt(p)'}; "
+            f"conv features: {sep.conv}; {seconds:.1f} s. Every number: `results.json`."
+        ),
+        "",
+        (
+            "Features `H^l` (inputs of the layers) and errors `Delta^l` (at the layer outputs): outliers/bulk "
+            "`lambda_C / lambda_{C+1}`, `lambda_2 / lambda_C` of the class part, `tr Sigma_B / tr Sigma_W`, "
+            "`tr(Sigma_W Sigma_B^+) / C`, mean |cos| of the centred class means; for the errors Sigma_B is the spread "
+            "of the error class means and Sigma_W the within-cell part."
+        ),
+        "",
+        "| layer | d_in | d_out | which | outl./bulk | l2/lC | trB/trW | tr(W B+)/C | mean abs cos | global share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, layer in sep.layers.items():
+        for which in ("features", "errors"):
+            s = getattr(layer, which)
+            share = _fmt(layer.global_mean_share) if which == "features" else ""
+            lines.append(
+                f"| {name} | {layer.feature_dim} | {layer.error_dim} | {which} | {_fmt(s.outlier_to_bulk)} | "
+                f"{_fmt(s.class_eigenvalue_ratio)} | {_fmt(s.trace_ratio)} | {_fmt(s.within_over_between)} | "
+                f"{_fmt(s.mean_abs_cosine)} | {share} |"
+            )
+    lines += ["", "![separation](separation.png)", "", "![spectra](spectra.png)", ""]
+    if kron is None:
+        lines += ["No layer for the Kronecker and weight measures (conv layers need `--conv patches`).", ""]
+        return "\n".join(lines)
+    lines += [
+        (
+            "Kronecker structure: cosine of the gradient means with `mu^delta (x) [mu^h; 1]` (weighted mean over the "
+            "C^2 cells, min over cells, weighted mean over the C classes)."
+        ),
+        "",
+        "| layer | mean cell cos | min cell cos | mean class cos |",
+        "|---|---|---|---|",
+    ]
+    for name, layer in kron.layers.items():
+        lines.append(f"| {name} | {_fmt(layer.mean_cell_cosine)} | {_fmt(float(np.nanmin(layer.cell_cosines)))} | {_fmt(layer.mean_class_cosine)} |")
+    lines += ["", "![kronecker](kronecker.png)", ""]
+    if weights is not None:
+        lines += [
+            (
+                f"Weights (weight decay eta = {weights.weight_decay:g}): `W_stat = -(1/eta) dL/dW`, "
+                "`W_class = -(1/eta) sum_c pi_c mu^delta_c (mu^h_c)^T`; share of the top-C singular pairs in the span "
+                "of the class-mean outer products (left: error means, right: feature means)."
+            ),
+            "",
+            "| layer | shape | top-C energy | top-C share | left | right | cos(W, W_class) | rel. error of W_stat |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, w in weights.layers.items():
+            lines.append(
+                f"| {name} | {tuple(w.shape)} | {_fmt(w.top_energy)} | {_fmt(w.top_share)} | {_fmt(w.left_share)} | "
+                f"{_fmt(w.right_share)} | {_fmt(w.class_cosine)} | {_fmt(w.stationarity_error)} |"
+            )
+        lines += ["", "![weights](weights.png)", ""]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .data import dataset_from_config
+    from .train import load_checkpoint
+
+    batch_size = check_int("--batch-size", args.batch_size, 1)
+    dense_limit = check_int("--dense-limit", args.dense_limit, 1)
+    seed = check_int("--seed", args.seed, 0)
+    density = {"num_steps": check_int("--num-steps", args.num_steps, 2), "num_repeats": check_int("--num-repeats", args.num_repeats, 1)}
+    if args.weight_decay is not None:
+        check_real("--weight-decay", args.weight_decay, 0.0)
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else Path("runs") / f"layers-{(checkpoint if checkpoint.is_dir() else checkpoint.parent).resolve().name}"
+    model, config, _ = load_checkpoint(checkpoint, device=args.device)
+    bundle = dataset_from_config(config, device=next(model.parameters()).device)
+    part = bundle.train if args.split == "train" else bundle.test
+    order = torch.argsort(part.labels.cpu(), stable=True).to(part.labels.device)  # class-pure batches
+    risk = EmpiricalRisk(model, (part.images[order], part.labels[order]), batch_size=batch_size,
+                         num_classes=bundle.num_classes, dtype=torch.float64 if args.float64 else None)
+    weighted = not args.unweighted
+    start = time.perf_counter()
+    print(f"layers: features and errors of {risk.num_data} examples ({risk.num_classes} classes)", flush=True)
+    stats = layer_statistics(risk, args.layers, conv=args.conv, weighted=weighted, dense_limit=dense_limit)
+    print("layers: separation measures and spectra", flush=True)
+    sep = layer_separation(stats, seed=seed)
+    eligible = [n for n, layer in stats.layers.items() if layer.params and (layer.kind == "linear" or stats.conv == "patches")]
+    print("layers: gradient means and Kronecker cosines", flush=True)
+    kron = weights = None
+    if eligible:
+        kron = kronecker_structure(stats, gradient_sums(risk, weighted=weighted, squared_norms="none"), risk.model, layers=eligible)
+        eta = config.weight_decay if args.weight_decay is None else args.weight_decay
+        weights = weight_structure(risk, stats, eta, layers=eligible) if eta > 0 else None
+    reports: dict[str, dict[str, Any]] = {}
+    skipped = {}
+    for layer in stats.layers if args.attribution else ():
+        for which in ("features", "errors"):
+            try:
+                reports.setdefault(layer, {}).update(layer_attribution(stats, [layer], [which], seed=seed, density=density)[layer])
+            except ValueError as error:  # e.g. too narrow for a bulk edge (d close to C)
+                skipped[f"{layer} {which}"] = str(error)
+    seconds = time.perf_counter() - start
+    name = f"{config.model} on {config.dataset} ({args.split})"
+    folder = RunFolder(out)  # created only now: a run that fails above leaves nothing behind
+    folder.write_json("results.json", {
+        "checkpoint": str(checkpoint), "split": args.split, "config": config, "seconds": seconds,
+        "settings": {"layers": args.layers, "conv": args.conv, "weighted": weighted, "batch_size": batch_size,
+                     "dense_limit": dense_limit, "dtype": str(risk.dtype), "device": str(risk.device), "seed": seed},
+        "separation": sep, "kronecker": kron, "weights": weights,
+    })
+    folder.save_figure("separation.png", separation_figure(sep, f"Separation with depth: {name}"))
+    folder.save_figure("spectra.png", spectra_figure(sep, f"Spectra of all layers: {name}"))
+    if kron is not None:
+        folder.save_figure("kronecker.png", kronecker_figure(kron, f"Kronecker structure: {name}"))
+    if weights is not None:
+        folder.save_figure("weights.png", weights_figure(weights, risk.num_classes, f"Weights: {name}"))
+    verdicts = ["| layer | which | feature | size | verdict | component |", "|---|---|---|---|---|---|"]
+    for layer, pair in reports.items():
+        for which, report in pair.items():
+            report.save(folder, prefix=f"attribution-{layer}-{which}")
+            verdicts += [f"| {layer} | {which} | {f.feature} | {f.size} | {f.verdict} | {f.component or '-'} |" for f in report.features]
+    text = layers_report(sep, kron, weights, f"Checkpoint `{checkpoint}` ({name}). ", seconds)
+    if args.attribution:
+        text += "\nSpectral attribution (`attribution-<layer>-<features|errors>.md`):\n\n" + "\n".join(verdicts) + "\n"
+        text += "".join(f"\n* {layer}: not attributed ({reason})" for layer, reason in skipped.items()) + "\n"
+    folder.write_text("report.md", text)
+    print(f"layers: wrote {folder.path}")
+    return 0
