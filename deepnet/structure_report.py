@@ -174,7 +174,9 @@ def top_pairs(report: AttributionReport) -> Eigenpairs:
     """The top eigenpairs of ``A`` that an attribution report computed (``spectra[0]``)."""
     base = report.spectra[0]
     k = base.eigenvalues.size
-    return Eigenpairs(base.eigenvalues, base.eigenvectors, base.residuals, 0, True, "largest", k, report.settings["seed"])
+    return Eigenpairs(eigenvalues=base.eigenvalues, eigenvectors=base.eigenvectors, residuals=base.residuals,
+                      num_iterations=0, converged=True, which="largest", block_size=k, seed=report.settings["seed"],
+                      num_products=0)
 
 
 def attribute_gradients(
