@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kappa", type=float, default=3.0, help="kernel sharpness, > 1 (default: %(default)s)")
     parser.add_argument("--eps", type=float, default=1e-6, help="eps of the log axis log10(|lambda| + eps) (default: %(default)s)")
     parser.add_argument("--tol", type=float, default=1e-3, help="relative residual tolerance of the top eigenpairs (default: %(default)s)")
-    parser.add_argument("--max-iterations", type=int, default=60, help="subspace iterations at most (default: %(default)s)")
+    parser.add_argument("--max-iterations", type=int, default=60, help="eigensolver iterations (restarts) at most (default: %(default)s)")
     parser.add_argument("--method", choices=list(METHODS), default="double-backward", help="Hessian product (default: %(default)s)")
     parser.add_argument("--max-columns", type=int, default=32, help="product columns per vectorised chunk (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random start (default: %(default)s)")
@@ -189,8 +189,8 @@ def report_markdown(results: dict[str, Any], source: str = "") -> str:
         "",
         (f"{source}P = {results['num_parameters']:,} parameters, N = {results['num_data']} examples, C = {results['num_classes']} "
         f"classes; {'weighted (p)' if results['weighted'] else 'unweighted (sqrt p)'} cross-class means. Top "
-        f"{results['num_top']} eigenpairs of G by subspace iteration (tol {s['tol']:g}, at most {s['max_iterations']} "
-        f"iterations); densities from {s['num_repeats']} Lanczos runs of {s['num_steps']} steps (seed {s['seed']}). "
+        f"{results['num_top']} eigenpairs of G by theory.eigenpairs.top_eigenpairs (tol {s['tol']:g}, at most "
+        f"{s['max_iterations']} iterations); densities from {s['num_repeats']} Lanczos runs of {s['num_steps']} steps (seed {s['seed']}). "
         "Every number: `results.json`."),
         "",
         f"Gradient means (C backward passes per example, C more for tr G): {results['seconds']['gradient_means']:.1f} s.",

@@ -192,8 +192,8 @@ def attribute_gradients(
 ) -> GradientAttribution:
     """Attribute the spectrum of ``G = decomposition.total_operator()`` to its parts.
 
-    ``num_top`` top eigenpairs of ``G`` (default ``C^2``) by subspace iteration to
-    relative residual ``eig_tol`` (at most ``max_iterations``); ``density``: the
+    ``num_top`` top eigenpairs of ``G`` (default ``C^2``) by
+    :func:`theory.eigenpairs.top_eigenpairs` to relative residual ``eig_tol`` (at most ``max_iterations``); ``density``: the
     Lanczos settings of every density (default :class:`DensitySettings` with ``seed``).
     """
     C = decomposition.num_classes
