@@ -17,6 +17,7 @@ from .checks import check_choice, check_int, check_real
 from .lanczos import estimate_bounds, prepare_operator, random_block
 from .operators import SymmetricOperator, as_operator
 from .progress import progress
+from .recurrence import column_norms
 
 __all__ = ["Eigenpairs", "Which", "deflate", "eigenpairs_arrays", "top_eigenpairs"]
 
@@ -104,7 +105,7 @@ def top_eigenpairs(
         torch.mm(AX, S, out=image)
         del AX
         torch.mul(ritz[:, :k], theta[:k].to(dtype=op.dtype, device=op.device), out=R).sub_(image[:, :k])
-        residuals = torch.linalg.vector_norm(R, dim=0, dtype=torch.float64).cpu()
+        residuals = torch.from_numpy(column_norms(R))
         if not bool(torch.isfinite(theta).all()) or not bool(torch.isfinite(residuals).all()):
             raise FloatingPointError(f"the operator's product returned NaN or Inf at subspace iteration {it}")
         scale = float(theta.abs().max()) or 1.0
