@@ -92,8 +92,9 @@ def _read_checkpoint(path: Path, map_location: str | torch.device, fresh: str) -
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - garbage, truncation and pickles all end here
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}"
-        raise CheckpointError(f"checkpoint: {path} is damaged or not a checkpoint ({reason[:200]}); {fresh}") from None
+        text = str(err).split("WeightsUnpickler error:")[-1]  # after torch's advice, its reason
+        reason = f"{type(err).__name__}: {next((t.strip() for t in text.splitlines() if t.strip()), 'no detail')}"
+        raise CheckpointError(f"checkpoint: {path} is damaged or not a checkpoint ({reason[:160]}); {fresh}") from None
     if not isinstance(saved, Mapping) or saved.get("format") != _FORMAT or any(k not in saved for k in _KEYS):
         found = f"format {saved.get('format')!r}" if isinstance(saved, Mapping) else type(saved).__name__
         raise CheckpointError(f"checkpoint: {path} is not a checkpoint written by deepnet.train ({found}); {fresh}")
@@ -411,7 +412,7 @@ def _check_finite(losses: torch.Tensor, train_loss: float, test_loss: float, epo
             else "no checkpoint was written")
     raise TrainingDiverged(
         f"training diverged: the loss is {value} at epoch {epoch + 1}, {where}, learning rate {lr:g}; "
-        f"{kept}. Lower --lr (and start fresh with --no-resume)"
+        f"{kept}. Lower --lr, in another --out folder (or delete this one)"
     )
 
 
