@@ -106,6 +106,11 @@ class Bad:
     expect: str
     before: bool = True
     cpu_only: bool = False
+    answered: bool = False  # a degenerate input that gets an answer saying so, not an error
+
+
+def _verdict(case: Bad) -> str:
+    return "answered, not refused" if case.answered else "yes" if case.before else "no (after the run)"
 
 
 def _A() -> torch.Tensor:
@@ -170,6 +175,35 @@ def _other_settings(ctx: Context) -> str:
     return _cli(deepnet_cli.main, [*TRAIN, "--lr", "0.1", "--out", str(out)])
 
 
+def _point_mass(ctx: Context) -> str:
+    from theory.spectral import spectral_density
+
+    d = spectral_density(torch.zeros(50, 50, dtype=torch.float64), num_steps=16)
+    assert np.all(np.isfinite(d.density))
+    return f"a point mass at {d.point_mass} (finite density, integral {np.trapezoid(d.density, d.grid):.3f})"
+
+
+def _round_off_products(ctx: Context) -> str:
+    from theory.spectral import bulk_density, top_eigenpairs
+
+    U = torch.randn(300, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    split = bulk_density(U @ U.T, top_eigenpairs(U @ U.T, 4))
+    return f"accepted: {type(split).__name__} with {len(split.outliers)} outliers (the symmetry probe judges round-off against the operator's scale)"
+
+
+def _unresolved_log_axis(ctx: Context) -> str:
+    import warnings
+
+    from theory.density import DensitySettings, quadrature
+
+    Q, _ = torch.linalg.qr(torch.randn(1500, 1500, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    A = Q @ torch.diag(torch.from_numpy(np.logspace(-6, 3, 1500))) @ Q.T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        d = quadrature(0.5 * (A + A.T), DensitySettings()).log()
+    return f"RuntimeWarning, kept in the result: {d.resolution.warning.split(';')[0]}"
+
+
 def _theory_cases() -> list[Bad]:
     from theory.lanczos import SpectralBounds
     from theory.mlr import bayes_error, expected_fisher, logit_hessian, symmetric_probabilities, theorem_eigenvalues
@@ -202,6 +236,11 @@ def _theory_cases() -> list[Bad]:
             "NaN or Inf"),
         Bad(T, "API", "`spectral_density` of a non-symmetric matrix",
             api(lambda c: spectral_density(torch.triu(torch.ones(200, 200, dtype=torch.float64)))), "not symmetric"),
+        Bad(T, "API", "`spectral_density(zeros(50, 50))` (used to be all NaN)", _point_mass, "point mass at 0.0", answered=True),
+        Bad(T, "API", "`bulk_density(U U^T, top_eigenpairs(U U^T, 4))`, U 300 x 4 (used to be 'not symmetric')",
+            _round_off_products, "accepted", answered=True),
+        Bad(T, "API", "log density of eigenvalues log-uniform on 1e-6 .. 1e3, 128 steps (used to be silent)",
+            _unresolved_log_axis, "not resolved below", answered=True),
         Bad(T, "API", "`top_eigenpairs(A, k=0)`", api(lambda c: top_eigenpairs(_A(), k=0)), "k:"),
         Bad(T, "API", "`top_eigenpairs(A, k=201)` (A is 200 x 200)", api(lambda c: top_eigenpairs(_A(), k=201)), "k:"),
         Bad(T, "API", "`top_eigenpairs(A, k=2, which='biggest')`", api(lambda c: top_eigenpairs(_A(), k=2, which="biggest")), "which:"),
@@ -443,7 +482,7 @@ def test_bad_input_is_refused_with_its_message(case, request, context, monkeypat
     case_id = request.node.callspec.id
     ctx = Context(tmp=context.tmp / f"case{case_id}", trained=context.trained, study=context.study)
     ctx.tmp.mkdir()
-    if case.before:
+    if case.before and not case.answered:
         request.getfixturevalue("no_work")
     message = _normalise(case.run(ctx), context)
     assert case.expect in message
@@ -452,7 +491,7 @@ def test_bad_input_is_refused_with_its_message(case, request, context, monkeypat
         return
     row = _doc_rows().get(case_id)
     assert row is not None, f"docs/bad_inputs.md has no row {case_id}: run with WRITE_BAD_INPUTS=1"
-    assert row == (case.area, case.via, case.what, message, "yes" if case.before else "no (after the run)")
+    assert row == (case.area, case.via, case.what, message, _verdict(case))
 
 
 def _table() -> str:
@@ -461,14 +500,16 @@ def _table() -> str:
     old = _doc_rows()
     for case_id, case in zip(IDS, BAD_INPUTS):
         message = MESSAGES.get(case_id, old.get(case_id, ("", "", "", "?"))[3])
-        cells = (case_id, case.area, case.via, case.what, message, "yes" if case.before else "no (after the run)")
+        cells = (case_id, case.area, case.via, case.what, message, _verdict(case))
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    before = sum(c.before for c in BAD_INPUTS)
+    refused = [c for c in BAD_INPUTS if not c.answered]
+    before = sum(c.before for c in refused)
     note = (f"\n{len(BAD_INPUTS)} bad inputs ({sum(c.area == 'theory' for c in BAD_INPUTS)} theory, "
             f"{sum(c.area == 'simulate' for c in BAD_INPUTS)} simulate, {sum(c.area == 'deepnet' for c in BAD_INPUTS)} deepnet; "
-            f"{sum(c.via == 'API' for c in BAD_INPUTS)} API, {sum(c.via == 'CLI' for c in BAD_INPUTS)} command line); "
-            f"{before} are refused before any pass over the data, {len(BAD_INPUTS) - before} only after the run "
-            "that reveals them.\n")
+            f"{sum(c.via == 'API' for c in BAD_INPUTS)} API, {sum(c.via == 'CLI' for c in BAD_INPUTS)} command line): "
+            f"{len(refused)} are refused, {before} of them before any pass over the data and {len(refused) - before} "
+            f"only after the run that reveals them; {len(BAD_INPUTS) - len(refused)} degenerate inputs are answered "
+            "(a point mass, a pass, a warning kept in the result).\n")
     return head + "\n".join(rows) + "\n" + note
 
 
@@ -482,3 +523,265 @@ def test_the_documented_table_lists_every_case():
     assert [r[:3] for r in rows.values()] == [(c.area, c.via, c.what) for c in BAD_INPUTS]
     assert len(BAD_INPUTS) >= 60
     assert _table().split("\n\n")[-1].strip() in DOC.read_text()  # the closing count is current
+
+
+# --------------------------------------------------------------------------- divergence (item 6)
+SMALL = TrainConfig(dataset="mnist-5k", per_class=12, model="mlp", model_kwargs={"depth": 2, "width": 24},
+                    epochs=4, lr=0.05, batch_size=32, seed=5, data_seed=2)
+
+
+def _states_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_stops_at_the_first_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    reference = train(SMALL, tmp_path / "reference", show_progress=False)
+    train(SMALL, tmp_path / "run", stop_after=1, show_progress=False)
+    real_step, calls = torch.optim.SGD.step, []
+
+    def poisoned_step(self, *args, **kwargs):  # the second step of epoch 2 leaves a NaN weight
+        out = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", poisoned_step)
+    with pytest.raises(TrainingDiverged, match=r"the loss is nan at epoch 2, step 3 of 4, learning rate 0\.005; "
+                                               r"the last good checkpoint \(after epoch 1\) is kept in .*checkpoint\.pt"):
+        train(SMALL, tmp_path / "run", show_progress=False)
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    kept = load_checkpoint(tmp_path / "run", device="cpu")
+    assert kept.extra["epochs_done"] == 1
+    assert all(bool(torch.isfinite(p).all()) for p in kept.model.parameters())
+    resumed = train(SMALL, tmp_path / "run", show_progress=False)  # the kept checkpoint resumes as if nothing happened
+    assert _states_equal(resumed.model.state_dict(), reference.model.state_dict())
+
+
+def test_a_diverged_command_writes_no_results_and_keeps_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    message = _cli(deepnet_cli.main, [*TRAIN, "--lr", "1e6", "--epochs", "3", "--out", str(out)])
+    assert "training diverged" in message and "learning rate 100000" in message
+    assert not (out / "results.json").exists() and not (out / "curves.png").exists()
+    assert load_checkpoint(out, device="cpu").extra["epochs_done"] == 1
+
+
+# --------------------------------------------------------------------------- damaged checkpoints (item 7)
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "non-utf8"])
+def test_a_damaged_checkpoint_is_named_and_a_fresh_start_works(tmp_path, damage):
+    train(SMALL, tmp_path, stop_after=1, show_progress=False)
+    path = tmp_path / CHECKPOINT
+    data = {"garbage": bytes(range(256)) * 4, "truncated": path.read_bytes()[: path.stat().st_size // 2],
+            "empty": b"", "non-utf8": b"\xff\xfe" * 500}[damage]
+    path.write_bytes(data)
+    for call in (lambda: load_checkpoint(path, device="cpu"), lambda: train(SMALL, tmp_path, show_progress=False)):
+        with pytest.raises(CheckpointError, match=rf"checkpoint: {re.escape(str(path))} is damaged .*start fresh|fresh one"):
+            call()
+    fresh = train(SMALL, tmp_path, resume=False, stop_after=1, show_progress=False)
+    assert fresh.epoch.tolist() == [1] and load_checkpoint(path, device="cpu").extra["epochs_done"] == 1
+
+
+# --------------------------------------------------------------------------- huge norms (item 7)
+def test_an_operator_of_norm_1e160_gives_the_scaled_spectrum():
+    from theory.spectral import spectral_density, top_eigenpairs
+
+    A = torch.diag(torch.linspace(1.0, 2.0, 200, dtype=torch.float64))
+    small, huge = spectral_density(A, num_steps=16, seed=3), spectral_density(A * 1e160, num_steps=16, seed=3)
+    np.testing.assert_allclose(huge.grid / 1e160, small.grid, rtol=1e-12)
+    np.testing.assert_allclose(huge.density * 1e160, small.density, rtol=1e-9, atol=1e-12 * small.density.max())
+    top = top_eigenpairs(A * 1e160, k=2, seed=1)
+    np.testing.assert_allclose(top.eigenvalues / 1e160, [2.0, 2.0 - 1 / 199], rtol=1e-8)
+
+
+# --------------------------------------------------------------------------- results before figures (item 4)
+def test_a_failing_figure_never_costs_the_numbers(tmp_path, monkeypatch, capsys):
+    import simulate.synthetic as synthetic
+
+    def broken(*args, **kwargs):
+        raise ValueError("Data cannot be log-scaled")
+
+    monkeypatch.setattr(synthetic, "plot_synthetic_check", broken)
+    out = tmp_path / "run"
+    argv = ["synthetic", "--out", str(out), "--size", "300", "--num-steps", "16", "--num-repeats", "2"]
+    assert simulate_cli.main(argv) == 0
+    assert (out / "results.json").exists() and (out / "report.md").exists() and not (out / "synthetic_check.png").exists()
+    assert "synthetic_check.png was not written (ValueError: Data cannot be log-scaled)" in capsys.readouterr().err
+
+    import deepnet.train as trainer
+
+    monkeypatch.setattr(trainer, "_curves_figure", broken)
+    out = tmp_path / "train"
+    assert deepnet_cli.main([*TRAIN, "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["training"]["finished"] is True
+    assert (out / "report.md").exists() and not (out / "curves.png").exists()
+
+
+# --------------------------------------------------------------------------- kill / resume matrix
+SIGNALS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
+KILL_TRAIN = ["train", "--dataset", "mnist-5k", "--per-class", "12", "--depth", "2", "--width", "24", "--epochs", "6",
+              "--batch-size", "32", "--seed", "5", "--quiet", "--device", "cpu"]
+KILL_STUDY = ["study", "--quick", "--classes", "3", "--dim", "16", "--n-per-class", "10", "--n-test", "50", "--seeds", "1",
+              "--snrs", "1", "4", "--workers", "2"]
+_SLOWED = """
+import sys, time
+import {module} as target
+real = target.{name}
+def slowed(*args, **kwargs):
+{body}
+target.{name} = slowed
+from {package}.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _start(package: str, argv: list[str], module: str | None = None, name: str | None = None, body: str = ""):
+    """``python -m PACKAGE ARGV`` in a child process (``module.name`` slowed down by ``body``)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    if module is None:
+        return subprocess.Popen([sys.executable, "-m", package, *argv], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = _SLOWED.format(module=module, name=name, body=body, package=package)
+    return subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, f"the child ended early (exit {proc.returncode})"
+        assert time.monotonic() < deadline, "the child did not get there in time"
+        time.sleep(0.05)
+
+
+def _kill(proc: subprocess.Popen, sig: int) -> tuple[int, list[int]]:
+    """Send ``sig`` to the child, wait for it; return its exit status and any of its
+    descendants still alive after 5 s (killed, so that none leaks)."""
+    kids = _descendants(proc.pid)
+    proc.send_signal(sig)
+    try:
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 5
+    while _alive(kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _alive(kids)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return rc, left
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_training(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "train"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert deepnet_cli.main([*KILL_TRAIN, "--out", str(out)]) == 0
+    return torch.load(out / CHECKPOINT, weights_only=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_training_killed_mid_run_resumes_to_the_uninterrupted_weights(tmp_path, sig, uninterrupted_training):
+    out = tmp_path / "run"
+    proc = _start("deepnet", [*KILL_TRAIN, "--out", str(out)], "deepnet.train", "iterate_batches",
+                  "    for batch in real(*args, **kwargs):\n        time.sleep(0.1)\n        yield batch")
+    _wait_for(lambda: (out / "log.json").exists(), proc)
+    rc, left = _kill(proc, sig)
+    assert rc != 0 and left == []
+    kept = load_checkpoint(out, device="cpu")  # what survives: the last finished epoch, loadable
+    assert 1 <= kept.extra["epochs_done"] < 6
+    assert not (out / "results.json").exists()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert deepnet_cli.main([*KILL_TRAIN, "--out", str(out)]) == 0  # the same command resumes
+    final = torch.load(out / CHECKPOINT, weights_only=True)
+    assert _states_equal(final["model"], uninterrupted_training["model"])
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in final["history"]] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in uninterrupted_training["history"]]
+    assert not list(out.rglob("*.tmp"))
+
+
+def _spectrum_argv(trained: Path, out: Path) -> list[str]:
+    return [a.format(trained=trained) for a in SPECTRUM] + ["--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_spectrum(context, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "spectrum"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert deepnet_cli.main(_spectrum_argv(context.trained, out)) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def _without_seconds(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k != "spectra"} | {
+        "spectra": {k: v for k, v in results["spectra"].items() if k != "seconds"}}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_spectrum_killed_mid_run_leaves_no_results_and_reruns(tmp_path, sig, context, uninterrupted_spectrum):
+    out = tmp_path / "spectrum"
+    proc = _start("deepnet", _spectrum_argv(context.trained, out), "deepnet.spectrum", "spectrum",
+                  "    time.sleep(1.5)\n    return real(*args, **kwargs)")
+    _wait_for(lambda: (out / RUN_FILE).exists(), proc)
+    time.sleep(2.0)  # inside the second operator
+    (out / ".results.json.stale.tmp").write_text("half")  # as a writer killed mid-write leaves it
+    rc, left = _kill(proc, sig)
+    assert rc != 0 and left == []
+    assert not (out / "results.json").exists() and not (out / "spectra.png").exists()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert deepnet_cli.main(_spectrum_argv(context.trained, out)) == 0  # lock released, same command reruns
+    assert not list(out.rglob("*.tmp"))
+    rerun = json.loads((out / "results.json").read_text())
+    assert _without_seconds(rerun) == _without_seconds(uninterrupted_spectrum)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_study_killed_mid_run_leaves_no_worker_and_no_results(tmp_path, sig):
+    out = tmp_path / "study"
+    proc = _start("simulate", [*KILL_STUDY, "--out", str(out)])
+    _wait_for(lambda: len(_descendants(proc.pid)) >= 2, proc)
+    time.sleep(1.0)
+    rc, left = _kill(proc, sig)
+    assert rc != 0 and left == []
+    assert not (out / "results.json").exists() and not list(out.glob("*.png"))
+    settings = simulate_cli._configure(simulate_cli.build_parser().parse_args([*KILL_STUDY, "--out", str(out)]))[0]
+    (out / ".results.json.stale.tmp").write_text("half")
+    with claim_run(out, "simulate study", settings):  # the same command may run again at once
+        assert not (out / ".results.json.stale.tmp").exists()
+    with pytest.raises(RunFolderError, match="other settings"):
+        with claim_run(out, "simulate study", simulate_cli._configure(
+                simulate_cli.build_parser().parse_args([*KILL_STUDY, "--seeds", "2", "--out", str(out)]))[0]):
+            pass
