@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,14 @@ import pytest
 import torch
 
 from deepnet import __main__ as deepnet_cli
-from deepnet.train import CHECKPOINT, CheckpointError, TrainConfig, TrainingDiverged, load_checkpoint, train
+from deepnet.train import (
+    CHECKPOINT,
+    CheckpointError,
+    TrainConfig,
+    TrainingDiverged,
+    load_checkpoint,
+    train,
+)
 from simulate import __main__ as simulate_cli
 from theory.runs import RUN_FILE, RunFolderError, claim_run
 
@@ -78,7 +86,7 @@ def simulate(*argv: str) -> Callable[[Context], str]:
 def deepnet(*argv: str, out: str = "{tmp}/never") -> Callable[[Context], str]:
     """``python -m deepnet ARGV --out OUT``, with ``{tmp}``, ``{trained}`` and ``{study}`` filled in."""
     def run(ctx: Context) -> str:
-        fill = dict(tmp=ctx.tmp, trained=ctx.trained, study=ctx.study)
+        fill = {"tmp": ctx.tmp, "trained": ctx.trained, "study": ctx.study}
         return _cli(deepnet_cli.main, [a.format(**fill) for a in (*argv, "--out", out)])
     return run
 
@@ -137,16 +145,10 @@ def _damaged_resume(data: Callable[[Context], bytes]) -> Callable[[Context], str
     """``deepnet train`` resuming in a folder it owns whose checkpoint is damaged."""
     def run(ctx: Context) -> str:
         out = ctx.tmp / "damaged"
-        shutil_copy(ctx.trained, out)
+        shutil.copytree(ctx.trained, out)
         (out / CHECKPOINT).write_bytes(data(ctx))
         return _cli(deepnet_cli.main, [*TRAIN, "--out", str(out)])
     return run
-
-
-def shutil_copy(src: Path, dst: Path) -> None:
-    import shutil
-
-    shutil.copytree(src, dst)
 
 
 def _locked_study(ctx: Context) -> str:
@@ -171,7 +173,7 @@ def _a_file(ctx: Context) -> Path:
 
 def _other_settings(ctx: Context) -> str:
     out = ctx.tmp / "retrain"
-    shutil_copy(ctx.trained, out)
+    shutil.copytree(ctx.trained, out)
     return _cli(deepnet_cli.main, [*TRAIN, "--lr", "0.1", "--out", str(out)])
 
 
@@ -206,7 +208,13 @@ def _unresolved_log_axis(ctx: Context) -> str:
 
 def _theory_cases() -> list[Bad]:
     from theory.lanczos import SpectralBounds
-    from theory.mlr import bayes_error, expected_fisher, logit_hessian, symmetric_probabilities, theorem_eigenvalues
+    from theory.mlr import (
+        bayes_error,
+        expected_fisher,
+        logit_hessian,
+        symmetric_probabilities,
+        theorem_eigenvalues,
+    )
     from theory.operators import as_operator
     from theory.spectral import spectral_density, top_eigenpairs
     from theory.structure import decompose_cross_class, decompose_features
@@ -332,9 +340,9 @@ def _simulate_cases() -> list[Bad]:
 
 def _deepnet_cases() -> list[Bad]:
     D = "deepnet"
-    garbage = lambda c: bytes(range(20)) * 50  # noqa: E731
-    non_utf8 = lambda c: b"\xff\xfe\xfa" * 300  # noqa: E731
-    empty = lambda c: b""  # noqa: E731
+    garbage = lambda c: bytes(range(20)) * 50
+    non_utf8 = lambda c: b"\xff\xfe\xfa" * 300
+    empty = lambda c: b""
     return [
         Bad(D, "CLI", "`train --model vgg11 --depth 3`", deepnet(*TRAIN, "--model", "vgg11", "--depth", "3"), "--depth is for the MLP"),
         Bad(D, "CLI", "`train --model resnet18 --depth 1 --hidden 10`", deepnet(*TRAIN, "--model", "resnet18", "--hidden", "10"), "resnet18 takes"),
@@ -452,7 +460,7 @@ def no_work(monkeypatch):
 
     for target in ("deepnet.train.iterate_batches", "deepnet.spectrum.spectrum", "simulate.study.run_study",
                    "simulate.theorem.run_theorem_study", "simulate.synthetic.run_synthetic_check",
-                   "theory.density.lanczos", "theory.eigenpairs.random_block"):
+                   "theory.density.lanczos", "theory.lanczos.lanczos", "theory.eigenpairs.random_block"):
         monkeypatch.setattr(target, started)
 
 
@@ -596,7 +604,7 @@ def test_an_operator_of_norm_1e160_gives_the_scaled_spectrum():
 
 # --------------------------------------------------------------------------- results before figures (item 4)
 def test_a_failing_figure_never_costs_the_numbers(tmp_path, monkeypatch, capsys):
-    import simulate.synthetic as synthetic
+    from simulate import synthetic
 
     def broken(*args, **kwargs):
         raise ValueError("Data cannot be log-scaled")
@@ -650,7 +658,7 @@ def _descendants(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             if fields[0] != "Z":
@@ -667,7 +675,7 @@ def _alive(pids: list[int]) -> list[int]:
     alive = []
     for pid in pids:
         try:
-            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                 alive.append(pid)
         except OSError:
             pass
@@ -781,7 +789,6 @@ def test_study_killed_mid_run_leaves_no_worker_and_no_results(tmp_path, sig):
     (out / ".results.json.stale.tmp").write_text("half")
     with claim_run(out, "simulate study", settings):  # the same command may run again at once
         assert not (out / ".results.json.stale.tmp").exists()
-    with pytest.raises(RunFolderError, match="other settings"):
-        with claim_run(out, "simulate study", simulate_cli._configure(
-                simulate_cli.build_parser().parse_args([*KILL_STUDY, "--seeds", "2", "--out", str(out)]))[0]):
-            pass
+    other = simulate_cli._configure(simulate_cli.build_parser().parse_args([*KILL_STUDY, "--seeds", "2", "--out", str(out)]))[0]
+    with pytest.raises(RunFolderError, match="other settings"), claim_run(out, "simulate study", other):
+        pass

@@ -30,12 +30,10 @@ def test_a_claim_records_the_command_and_its_settings(tmp_path):
 def test_another_command_or_other_settings_are_refused(tmp_path):
     with claim_run(tmp_path, "deepnet train", SETTINGS) as folder:
         folder.write_json("results.json", {"x": 1})
-    with pytest.raises(RunFolderError, match=r"holds a run of `deepnet train`, not of `deepnet spectrum`"):
-        with claim_run(tmp_path, "deepnet spectrum", SETTINGS):
-            pytest.fail("entered")
-    with pytest.raises(RunFolderError, match=r"other settings \(lr: 0\.05 there, 0\.1 here\)"):
-        with claim_run(tmp_path, "deepnet train", {**SETTINGS, "lr": 0.1}):
-            pytest.fail("entered")
+    with pytest.raises(RunFolderError, match=r"holds a run of `deepnet train`, not of `deepnet spectrum`"), claim_run(tmp_path, "deepnet spectrum", SETTINGS):
+        pytest.fail("entered")
+    with pytest.raises(RunFolderError, match=r"other settings \(lr: 0\.05 there, 0\.1 here\)"), claim_run(tmp_path, "deepnet train", {**SETTINGS, "lr": 0.1}):
+        pytest.fail("entered")
     assert json.loads((tmp_path / "results.json").read_text()) == {"x": 1}  # untouched
     assert json.loads((tmp_path / RUN_FILE).read_text())["command"] == "deepnet train"
 
@@ -43,9 +41,8 @@ def test_another_command_or_other_settings_are_refused(tmp_path):
 def test_nested_settings_differences_are_named(tmp_path):
     with claim_run(tmp_path, "c", {"config": {"a": 1, "b": [1, 2]}}) as folder:
         folder.write_text("x.txt", "x")
-    with pytest.raises(RunFolderError, match=r"config\.b: \[1, 2\] there, \[1, 3\] here"):
-        with claim_run(tmp_path, "c", {"config": {"a": 1, "b": [1, 3]}}):
-            pass
+    with pytest.raises(RunFolderError, match=r"config\.b: \[1, 2\] there, \[1, 3\] here"), claim_run(tmp_path, "c", {"config": {"a": 1, "b": [1, 3]}}):
+        pass
 
 
 def test_a_folder_holding_only_run_json_may_be_taken_over(tmp_path):
@@ -58,46 +55,40 @@ def test_a_folder_holding_only_run_json_may_be_taken_over(tmp_path):
 
 def test_a_foreign_non_empty_folder_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(RunFolderError, match=r"is not empty \(notes\.txt\) and holds no run\.json"):
-        with claim_run(tmp_path, "simulate study", SETTINGS):
-            pass
+    with pytest.raises(RunFolderError, match=r"is not empty \(notes\.txt\) and holds no run\.json"), claim_run(tmp_path, "simulate study", SETTINGS):
+        pass
     assert not (tmp_path / RUN_FILE).exists()
 
 
 def test_a_damaged_run_json_is_named(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     (tmp_path / RUN_FILE).write_text("{not json")
-    with pytest.raises(RunFolderError, match=r"run\.json is damaged .*delete the folder"):
-        with claim_run(tmp_path, "simulate study", SETTINGS):
-            pass
+    with pytest.raises(RunFolderError, match=r"run\.json is damaged .*delete the folder"), claim_run(tmp_path, "simulate study", SETTINGS):
+        pass
 
 
 def test_a_file_or_an_unusable_place_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(RunFolderError, match=r"exists and is not a folder"):
-        with claim_run(tmp_path / "file", "c", {}):
-            pass
-    with pytest.raises(RunFolderError, match=r"cannot create the run folder .*file/sub"):
-        with claim_run(tmp_path / "file" / "sub", "c", {}):
-            pass
+    with pytest.raises(RunFolderError, match=r"exists and is not a folder"), claim_run(tmp_path / "file", "c", {}):
+        pass
+    with pytest.raises(RunFolderError, match=r"cannot create the run folder .*file/sub"), claim_run(tmp_path / "file" / "sub", "c", {}):
+        pass
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_folder_is_refused(tmp_path):
     tmp_path.chmod(0o500)
     try:
-        with pytest.raises(RunFolderError, match=r"cannot write to the run folder"):
-            with claim_run(tmp_path, "c", {}):
-                pass
+        with pytest.raises(RunFolderError, match=r"cannot write to the run folder"), claim_run(tmp_path, "c", {}):
+            pass
     finally:
         tmp_path.chmod(0o700)
 
 
 def test_a_second_writer_is_refused_with_the_first_ones_pid(tmp_path):
-    with claim_run(tmp_path, "c", {}):
-        with pytest.raises(RunFolderError, match=rf"in use by another run \(pid {os.getpid()}\)"):
-            with claim_run(tmp_path, "c", {}):
-                pass
+    with claim_run(tmp_path, "c", {}), pytest.raises(RunFolderError, match=rf"in use by another run \(pid {os.getpid()}\)"), \
+            claim_run(tmp_path, "c", {}):  # the second claim inside the first
+        pass
     with claim_run(tmp_path, "c", {}):  # released at the end of the block
         pass
 
@@ -109,9 +100,8 @@ def test_the_lock_of_another_process_is_refused_and_released_when_it_dies(tmp_pa
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "held"
-        with pytest.raises(RunFolderError, match=rf"in use by another run \(pid {child.pid}\)"):
-            with claim_run(tmp_path, "c", {}):
-                pass
+        with pytest.raises(RunFolderError, match=rf"in use by another run \(pid {child.pid}\)"), claim_run(tmp_path, "c", {}):
+            pass
     finally:
         child.kill()
         child.wait()

@@ -28,7 +28,7 @@ import torch
 from .figures import write_figure
 from .results import to_jsonable
 
-__all__ = ["RunFolder", "RunFolderError", "claim_run", "RUN_FILE", "LOCK_FILE"]
+__all__ = ["LOCK_FILE", "RUN_FILE", "RunFolder", "RunFolderError", "claim_run"]
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
