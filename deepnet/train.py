@@ -15,8 +15,10 @@ the CPU for a fixed number of threads; ``torch.use_deterministic_algorithms`` is
 on during training, on the GPU too). The caller's random state is left as it was.
 
 Files in the run folder: ``checkpoint.pt`` and ``log.json`` (per-epoch train and
-test loss and error), both rewritten after every epoch; the command line adds
-``results.json``, ``report.md`` and ``curves.png`` (see :func:`write_run`).
+test loss and error), both rewritten after every epoch; the command line claims
+the folder first (``run.json`` with its settings, ``.lock``:
+:func:`theory.runs.claim_run`) and adds ``results.json``, ``report.md`` and
+``curves.png`` (see :func:`write_run`).
 
 Failures: a non-finite loss stops the run (:class:`TrainingDiverged`, naming the
 epoch, step and learning rate) before its epoch is checkpointed, so the last
