@@ -57,7 +57,7 @@ def test_a_foreign_non_empty_folder_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(RunFolderError, match=r"is not empty \(notes\.txt\) and holds no run\.json"), claim_run(tmp_path, "simulate study", SETTINGS):
         pass
-    assert not (tmp_path / RUN_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing added to a foreign folder
 
 
 def test_a_damaged_run_json_is_named(tmp_path):

@@ -140,6 +140,8 @@ def claim_run(path: str | os.PathLike[str], command: str, settings: Any) -> Iter
     runs before the command's work.
     """
     folder = RunFolder(path)
+    settings_json = _normalised(settings)
+    _check_owner(folder.path, command, settings_json)  # read-only, so that a refused folder gets no lock file
     lock_path = folder.path / LOCK_FILE
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -155,7 +157,7 @@ def claim_run(path: str | os.PathLike[str], command: str, settings: Any) -> Iter
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _check_owner(folder.path, command, _normalised(settings))
+        _check_owner(folder.path, command, settings_json)  # again, now that no other run can write
         _remove_stale_temporaries(folder.path)
         folder.write_json(RUN_FILE, {"command": command, "settings": settings})
         yield folder
