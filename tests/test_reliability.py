@@ -166,6 +166,22 @@ def _foreign_folder(ctx: Context) -> str:
     return _cli(simulate_cli.main, ["study", "--quick", "--out", str(ctx.tmp / "mine")])
 
 
+def _damaged_data(dataset: str, folder: str, files: dict[str, bytes]) -> Callable[[Context], str]:
+    """``deepnet train --dataset DATASET --data-root R`` with damaged files in ``R/folder``."""
+    def run(ctx: Context) -> str:
+        (ctx.tmp / "data" / folder).mkdir(parents=True)
+        for name, data in files.items():
+            (ctx.tmp / "data" / folder / name).write_bytes(data)
+        argv = ["train", "--dataset", dataset, "--data-root", str(ctx.tmp / "data"), "--per-class", "5", "--epochs", "1",
+                "--quiet", "--device", "cpu", "--out", str(ctx.tmp / "never")]
+        return _cli(deepnet_cli.main, argv)
+    return run
+
+
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_CIFAR10 = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+
+
 def _a_file(ctx: Context) -> Path:
     (ctx.tmp / "a-file").write_text("x")
     return ctx.tmp / "a-file"
@@ -367,6 +383,16 @@ def _deepnet_cases() -> list[Bad]:
         Bad(D, "CLI", "`train --dataset foo`", deepnet(*TRAIN, "--dataset", "foo"), "dataset"),
         Bad(D, "CLI", "`train --dataset mnist --data-root /nonexistent`",
             deepnet("train", "--dataset", "mnist", "--data-root", "{tmp}/nowhere", "--quiet", "--device", "cpu"), "files not found"),
+        Bad(D, "CLI", "`train --dataset mnist` with idx files of garbage",
+            _damaged_data("mnist", "MNIST/raw", {n: bytes(range(256)) * 4 for n in _IDX}), "not an idx file"),
+        Bad(D, "CLI", "`train --dataset mnist` with a truncated idx file",
+            _damaged_data("mnist", "MNIST/raw", {n: b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                                               + b"x" * 1000 for n in _IDX}), "bytes of data"),
+        Bad(D, "CLI", "`train --dataset mnist` with a damaged .gz file",
+            _damaged_data("mnist", "MNIST/raw", {n + ".gz": b"\x1f\x8b" + bytes(200) for n in _IDX}), "cannot be read"),
+        Bad(D, "CLI", "`train --dataset cifar10` with batch files of garbage",
+            _damaged_data("cifar10", "cifar-10-batches-py", {n: b"\x80\x02" + bytes(range(40)) for n in _CIFAR10}),
+            "damaged or not a CIFAR batch"),
         Bad(D, "CLI", "`train --out` a file", lambda c: _cli(deepnet_cli.main, [*TRAIN, "--out", str(_a_file(c))]), "not a folder"),
         Bad(D, "CLI", "`train --out` below a file (unwritable)",
             lambda c: _cli(deepnet_cli.main, [*TRAIN, "--out", str(_a_file(c) / "run")]), "cannot create"),
