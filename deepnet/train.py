@@ -143,7 +143,7 @@ class TrainConfig:
         unknown = sorted(set(self.model_kwargs) - set(accepted))
         if unknown:
             raise ValueError(f"model_kwargs: {model} takes {', '.join(accepted)}; got {', '.join(unknown)} "
-                             "(--depth is for the MLP only, --hidden for VGG11 only)")
+                             "(--depth and --no-batch-norm are for the MLP only, --hidden for VGG11 only)")
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
         if self.root is not None:
             object.__setattr__(self, "root", str(Path(self.root).expanduser().absolute()))

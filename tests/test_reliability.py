@@ -360,7 +360,7 @@ def _deepnet_cases() -> list[Bad]:
     non_utf8 = lambda c: b"\xff\xfe\xfa" * 300
     empty = lambda c: b""
     return [
-        Bad(D, "CLI", "`train --model vgg11 --depth 3`", deepnet(*TRAIN, "--model", "vgg11", "--depth", "3"), "--depth is for the MLP"),
+        Bad(D, "CLI", "`train --model vgg11 --depth 3`", deepnet(*TRAIN, "--model", "vgg11", "--depth", "3"), "are for the MLP only"),
         Bad(D, "CLI", "`train --model resnet18 --depth 1 --hidden 10`", deepnet(*TRAIN, "--model", "resnet18", "--hidden", "10"), "resnet18 takes"),
         Bad(D, "CLI", "`train --model foo`", deepnet(*TRAIN, "--model", "foo"), "invalid choice"),
         Bad(D, "CLI", "`train --depth -1`", deepnet(*TRAIN, "--depth", "-1"), "depth:"),
