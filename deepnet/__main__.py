@@ -1,8 +1,11 @@
 """``python -m deepnet COMMAND ...``: a thin dispatcher. Each command lives in a
 module exposing ``add_arguments(parser)`` and ``run(args) -> int``, imported only
-when that command is run. Bad input (``ValueError``, ``FileNotFoundError``) ends
-the command with its message and exit status 2; ``--device`` (cpu, cuda, cuda:N or
-auto) is checked here, before the command starts, as in ``python -m simulate``."""
+when that command is run. Bad input (``ValueError``, ``FileNotFoundError``: bad
+options, a run folder owned by another command or settings or in use, a damaged
+checkpoint or data file, a diverged training) ends the command with its message
+and exit status 2, another ``OSError`` (a full disk) with its message and status
+1; ``--device`` (cpu, cuda, cuda:N or auto) is checked here, before the command
+starts, as in ``python -m simulate``."""
 
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(args))
     except (ValueError, FileNotFoundError) as error:  # bad input: the message, not a traceback
         command.exit(2, f"{command.prog}: error: {error}\n")
+    except OSError as error:  # the system refused (disk full, permissions): the message, exit status 1
+        command.exit(1, f"{command.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":
