@@ -264,3 +264,72 @@ def test_factors_match_curvlinops(make_mlp):
     V = torch.randn(f.size, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     theirs = torch.as_tensor(np.asarray(other @ V.numpy()))
     torch.testing.assert_close(f.operator("kfac").matmat(V), theirs, rtol=1e-8, atol=1e-10)
+
+
+# ------------------------------------------------------------- the comparison
+def test_comparison_measures_on_known_cases():
+    from deepnet.kfac_cli import principal_angles, relative_frobenius, wasserstein_log
+    from theory.density import DensitySettings
+    from theory.operators import DenseOperator
+    from theory.spectrum import spectrum
+
+    gen = torch.Generator().manual_seed(11)
+    M = _spd(40, gen) + 0.1 * torch.eye(40, dtype=torch.float64)
+    settings = DensitySettings(num_steps=40, num_repeats=2, seed=0, eps=1e-12)
+    a, b = spectrum(M, 3, settings), spectrum(10 * M, 3, settings)
+    assert wasserstein_log(a, a) == pytest.approx(0.0, abs=1e-12)
+    assert wasserstein_log(a, b) == pytest.approx(1.0, abs=1e-2)  # x 10 shifts the log axis by one decade
+    Q = torch.linalg.qr(torch.randn(10, 3, generator=gen, dtype=torch.float64)).Q
+    R = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64)).Q
+    np.testing.assert_allclose(principal_angles(Q, Q @ R), 0.0, atol=1e-5)
+    P = torch.linalg.qr(torch.cat([Q, torch.randn(10, 3, generator=gen, dtype=torch.float64)], 1)).Q
+    np.testing.assert_allclose(principal_angles(P[:, :3], P[:, 3:]), 90.0, atol=1e-8)
+    A = M + 0.3 * _spd(40, gen)
+    Z = (torch.randint(0, 2, (40, 4000), generator=gen) * 2 - 1).to(torch.float64)
+    exact = float((A - M).norm() / M.norm())
+    assert relative_frobenius(DenseOperator(A), DenseOperator(M), M @ Z, Z) == pytest.approx(exact, rel=0.05)
+
+
+def test_compare_layer_finds_the_exact_corrected_form(make_mlp):
+    """End to end on the one-example-per-class case: the corrected form's spectrum is G's
+    (zero distance, angles and Frobenius error), K-FAC's is not."""
+    from deepnet.kfac_cli import compare_layer
+    from theory.density import DensitySettings
+    from theory.operators import DenseOperator
+
+    model, X, Y = make_mlp()
+    pick = torch.stack([torch.nonzero(Y == c)[0, 0] for c in range(3)])
+    f = kfac_factors(_risk(model, X[pick], Y[pick]), ["fc2"]).layers["fc2"]
+    G = DenseOperator(_dense_layer_G(model, X[pick], list(f.params)))
+    result = compare_layer(G, f, DensitySettings(num_steps=20, num_repeats=2, seed=0), k=4, num_probes=8, tol=1e-10)
+    good, bad = result.agreement["corrected"], result.agreement["kfac"]
+    assert good.wasserstein < 1e-6 and good.frobenius < 1e-8 and np.all(good.top_relative_error < 1e-6)
+    assert bad.wasserstein > 1e-2 and bad.frobenius > 1e-2 and bad.mean_top_relative_error > 1e-3
+    np.testing.assert_allclose(result.kfac_exact, result.spectra["kfac"].outliers, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:log density not resolved")
+def test_command_line_writes_run_folder(tmp_path, capsys):
+    import json
+
+    from deepnet.__main__ import main
+    from deepnet.train import TrainConfig, train
+
+    config = TrainConfig(dataset="mnist-5k", per_class=3, model="mlp", model_kwargs={"depth": 2, "width": 12},
+                         epochs=2, lr=0.05, batch_size=20, seed=1, data_seed=1)
+    train(config, tmp_path / "run", device="cpu", show_progress=False)
+    out = tmp_path / "kfac"
+    assert main(["kfac", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--device", "cpu", "--float64",
+                 "--layers", "layers.4", "layers.7", "--outliers", "4", "--num-steps", "16", "--num-repeats", "1",
+                 "--probes", "4", "--batch-size", "7"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json", "spectra.png"]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["layers"]) == ["layers.4", "layers.7"]
+    layer = results["layers"]["layers.7"]
+    assert layer["size"] == 130 and layer["k"] == 4 and len(layer["spectra"]["G"]["outliers"]) == 4
+    assert set(layer["agreement"]) == {"kfac", "corrected"} and layer["agreement"]["kfac"]["frobenius"] > 0
+    assert "| layers.4 | 156 | 4 |" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit) as stop:
+        main(["kfac", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--probes", "0"])
+    assert stop.value.code == 2 and "--probes: expected an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
