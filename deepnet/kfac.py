@@ -217,8 +217,9 @@ def kfac_factors(
                     kw = {"dtype": risk.dtype, "device": risk.device}
                     sums[name] = (torch.zeros(C, a.shape[2], a.shape[2], **kw), torch.zeros(C, g.shape[3], g.shape[3], **kw))
                     positions[name] = a.shape[1]
-                sums[name][0][c] += torch.einsum("bti,btj->ij", a, a) / a.shape[1]
-                sums[name][1][c] += torch.einsum("kbto,kbtp->op", g, g)
+                a2, g2 = a.reshape(-1, a.shape[2]), g.reshape(-1, g.shape[3])  # rows: (example, position), (row, example, position)
+                sums[name][0][c].addmm_(a2.T, a2, alpha=1.0 / a.shape[1])
+                sums[name][1][c].addmm_(g2.T, g2)
             counts[c] += batch.probs.shape[0]
             taps.clear()
     n = torch.as_tensor(np.maximum(counts, 1), dtype=risk.dtype, device=risk.device)[:, None, None]
