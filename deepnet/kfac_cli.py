@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch
 
 from theory.checks import check_int, check_real
 from theory.density import DensitySettings
+from theory.eigenpairs import ConvergenceWarning
 from theory.figures import new_figure
 from theory.operators import SymmetricOperator
 from theory.runs import RunFolder
@@ -114,11 +116,13 @@ def relative_frobenius(A: SymmetricOperator, G: SymmetricOperator, GZ: torch.Ten
 
 def compare_layer(
     G: SymmetricOperator, layer: LayerFactors, settings: DensitySettings, *, k: int, num_probes: int = 10, tol: float = 1e-4,
+    block_size: int = 8, max_iterations: int = 100,
 ) -> LayerComparison:
     """:class:`LayerComparison` of one layer with factors ``layer`` and block ``G`` (on the
     layer's parameters ``layer.params``, e.g. ``GaussNewtonOperator(EmpiricalRisk(...,
-    params=layer.params))``): ``k`` outliers (at most ``P_l - 2``), ``num_probes`` probes,
-    ``tol`` of the top eigenpairs."""
+    params=layer.params))``): ``k`` outliers (at most ``P_l - 2``), ``num_probes`` probes;
+    ``tol``, ``block_size`` (columns per product, which the data passes of ``G`` share) and
+    ``max_iterations`` (restarts) of the top eigenpairs (``top.converged`` says whether they met ``tol``)."""
     if G.size != layer.size:
         raise ValueError(f"G: expected an operator of size P_l = {layer.size} (layer {layer.name!r}), got {G.size}")
     ops: dict[str, SymmetricOperator] = {"G": G, "kfac": layer.operator("kfac"), "corrected": layer.operator("corrected")}
@@ -127,7 +131,9 @@ def compare_layer(
     spectra, seconds = {}, {}
     for name, op in ops.items():
         start = time.perf_counter()
-        spectra[name] = spectrum(op, k, steps, name=name, tol=tol)
+        with warnings.catch_warnings():  # recorded as top.converged
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            spectra[name] = spectrum(op, k, steps, name=name, tol=tol, block_size=min(block_size, k), max_iterations=max_iterations)
         seconds[name] = time.perf_counter() - start
     gen = torch.Generator().manual_seed(settings.seed)
     Z = (torch.randint(0, 2, (G.size, num_probes), generator=gen) * 2 - 1).to(dtype=G.dtype, device=G.device)
@@ -205,7 +211,8 @@ def kfac_report(factors: KFACFactors, layers: dict[str, LayerComparison], source
     for name, layer in layers.items():
         lines.append(
             f"* {name}: G [{show(layer.spectra['G'].outliers)}]; K-FAC [{show(layer.spectra['kfac'].outliers)}] / "
-            f"[{show(layer.kfac_exact)}]; corrected [{show(layer.spectra['corrected'].outliers)}]"
+            f"[{show(layer.kfac_exact)}]; corrected [{show(layer.spectra['corrected'].outliers)}]; top-k converged: "
+            + ", ".join(f"{w} {'yes' if r.top.converged else 'no'}" for w, r in layer.spectra.items())
         )
     lines += ["", "![spectra](spectra.png)", ""]
     return "\n".join(lines)
@@ -226,6 +233,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-repeats", type=int, default=3, help="Lanczos runs per density")
     parser.add_argument("--probes", type=int, default=10, help="Rademacher probes of the Hutchinson Frobenius estimate")
     parser.add_argument("--tol", type=float, default=1e-4, help="relative tolerance of the top eigenpairs")
+    parser.add_argument("--block-size", type=int, default=8, help="columns per product of the top-eigenpair solver")
+    parser.add_argument("--max-iterations", type=int, default=100, help="restarts of the top-eigenpair solver")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starts, probes and Monte Carlo labels")
 
 
@@ -238,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
     probes = check_int("--probes", args.probes, 1)
     seed = check_int("--seed", args.seed, 0)
     tol = check_real("--tol", args.tol, 0.0, low_open=True)
+    block_size = check_int("--block-size", args.block_size, 1)
+    max_iterations = check_int("--max-iterations", args.max_iterations, 1)
     settings = DensitySettings(num_steps=check_int("--num-steps", args.num_steps, 2),
                                num_repeats=check_int("--num-repeats", args.num_repeats, 1), seed=seed)
     outliers = None if args.outliers is None else check_int("--outliers", args.outliers, 1)
@@ -258,14 +269,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"kfac: spectra of {name} (P = {layer.size})", flush=True)
         G = GaussNewtonOperator(EmpiricalRisk(model, (part.images[order], part.labels[order]), batch_size=batch_size,
                                               params=list(layer.params), num_classes=bundle.num_classes, dtype=risk.dtype))
-        layers[name] = compare_layer(G, layer, settings, k=k, num_probes=probes, tol=tol)
+        layers[name] = compare_layer(G, layer, settings, k=k, num_probes=probes, tol=tol, block_size=block_size,
+                                     max_iterations=max_iterations)
     seconds = time.perf_counter() - start
     title = f"{config.model} on {config.dataset} ({args.split})"
     folder = RunFolder(out)  # created only now: a run that fails above leaves nothing behind
     folder.write_json("results.json", {
         "checkpoint": str(checkpoint), "split": args.split, "config": config, "seconds": seconds,
         "settings": {"layers": args.layers, "fisher": args.fisher, "mc_samples": mc_samples, "batch_size": batch_size,
-                     "k": k, "density": settings, "probes": probes, "tol": tol, "dtype": str(risk.dtype),
+                     "k": k, "density": settings, "probes": probes, "tol": tol,
+                     "block_size": block_size, "max_iterations": max_iterations, "dtype": str(risk.dtype),
                      "device": str(risk.device), "seed": seed},
         "factors": factors,
         "layers": {name: {"size": c.size, "k": c.k, "seconds": c.seconds, "kfac_exact": c.kfac_exact,
