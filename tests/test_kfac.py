@@ -252,18 +252,22 @@ def test_arguments_are_checked(make_mlp):
         kfac_factors(risk, ["fc3"]).layers["fc3"].operator("inverse")
 
 
-def test_factors_match_curvlinops(make_mlp):
-    """K-FAC (true Fisher, expand) against curvlinops' KFACLinearOperator on the same
-    layer, product by product (skipped where curvlinops is not installed)."""
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_factors_match_curvlinops(make_mlp, make_cnn, net):
+    """K-FAC (true Fisher, expand, weight and bias jointly) against curvlinops'
+    KFACLinearOperator on every layer, product by product (skipped where curvlinops is
+    not installed; checked with curvlinops-for-pytorch 3.0.1)."""
     curvlinops = pytest.importorskip("curvlinops")
-    model, X, Y = make_mlp()
-    f = kfac_factors(_risk(model, X, Y), ["fc2"]).layers["fc2"]
-    params = [model.fc2.weight, model.fc2.bias]
-    other = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), params, [(X, Y)], fisher_type="type-2",
-                                          kfac_approx="expand", check_deterministic=False)
-    V = torch.randn(f.size, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    theirs = torch.as_tensor(np.asarray(other @ V.numpy()))
-    torch.testing.assert_close(f.operator("kfac").matmat(V), theirs, rtol=1e-8, atol=1e-10)
+    model, X, Y = make_mlp() if net == "mlp" else make_cnn()
+    gen = torch.Generator().manual_seed(0)
+    for name, f in kfac_factors(_risk(model, X, Y)).layers.items():
+        params = list(model.get_submodule(name).parameters())
+        other = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), params, [(X, Y)], fisher_type="type-2",
+                                              kfac_approx="expand", separate_weight_and_bias=False, check_deterministic=False)
+        V = torch.randn(f.size, 3, generator=gen, dtype=torch.float64)
+        theirs = other.torch_matmat(V) if hasattr(other, "torch_matmat") else other @ V  # scipy- or torch-based releases
+        torch.testing.assert_close(f.operator("kfac").matmat(V), torch.as_tensor(np.asarray(theirs)), rtol=1e-8, atol=1e-10,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ------------------------------------------------------------- the comparison
