@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("deepnet.train", "train a network with the papers' protocol and write a run folder"),
     "spectrum": ("deepnet.spectrum", "Hessian / G / E spectra of a trained checkpoint"),
     "layers": ("deepnet.layers_cli", "features, errors, Kronecker structure and weights of a checkpoint layer by layer"),
+    "kfac": ("deepnet.kfac_cli", "spectra of K-FAC and of its class-aware correction against G layer by layer"),
 }
 
 
