@@ -1,8 +1,11 @@
 """``python -m deepnet COMMAND ...``: a thin dispatcher. Each command lives in a
 module exposing ``add_arguments(parser)`` and ``run(args) -> int``, imported only
-when that command is run. Bad input (``ValueError``, ``FileNotFoundError``) ends
-the command with its message and exit status 2; ``--device`` (cpu, cuda, cuda:N or
-auto) is checked here, before the command starts, as in ``python -m simulate``."""
+when that command is run. Bad input (``ValueError``, ``FileNotFoundError``: bad
+options, a run folder owned by another command or settings or in use, a damaged
+checkpoint or data file, a diverged training) ends the command with its message
+and exit status 2, another ``OSError`` (a full disk) with its message and status
+1; ``--device`` (cpu, cuda, cuda:N or auto) is checked here, before the command
+starts, as in ``python -m simulate``."""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from theory.devices import check_device
 COMMANDS = {
     "train": ("deepnet.train", "train a network with the papers' protocol and write a run folder"),
     "spectrum": ("deepnet.spectrum", "Hessian / G / E spectra of a trained checkpoint"),
+    "structure": ("deepnet.structure_cli", "class / cross-class structure of G and the Hessian of a checkpoint"),
     "layers": ("deepnet.layers_cli", "features, errors, Kronecker structure and weights of a checkpoint layer by layer"),
+    "kfac": ("deepnet.kfac_cli", "spectra of K-FAC and of its class-aware correction against G layer by layer"),
 }
 
 
@@ -44,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(args))
     except (ValueError, FileNotFoundError) as error:  # bad input: the message, not a traceback
         command.exit(2, f"{command.prog}: error: {error}\n")
+    except OSError as error:  # the system refused (disk full, permissions): the message, exit status 1
+        command.exit(1, f"{command.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

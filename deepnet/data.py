@@ -184,8 +184,11 @@ def _locate(name: str, root: str | os.PathLike[str] | None) -> tuple[Path, dict[
 def _read_idx(path: Path) -> np.ndarray:
     """An idx array of unsigned bytes (magic 0x0000 08 ndim, big-endian sizes)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as err:  # a damaged .gz (BadGzipFile, truncated stream)
+        raise ValueError(f"{path}: cannot be read ({type(err).__name__}: {err}); replace it with the original file") from None
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise ValueError(f"{path}: not an idx file of unsigned bytes (magic {data[:4].hex()})")
     ndim = data[3]
@@ -194,6 +197,10 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) - header != int(np.prod(dims)):
         raise ValueError(f"{path}: expected {int(np.prod(dims))} bytes of data for shape {dims}, found {len(data) - header}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+class _DamagedBatch(ValueError, pickle.UnpicklingError):
+    """A CIFAR batch file that cannot be unpickled (bad input: a ``ValueError``)."""
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -216,7 +223,11 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as handle:
-        batch = _ArrayUnpickler(handle, encoding="latin1").load()
+        try:
+            batch = _ArrayUnpickler(handle, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            raise _DamagedBatch(f"{path}: damaged or not a CIFAR batch ({type(err).__name__}: {err}); "
+                                "replace it with the original file") from None
     if not isinstance(batch, Mapping):
         raise ValueError(f"{path}: not a CIFAR batch (expected a dict, found {type(batch).__name__})")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}

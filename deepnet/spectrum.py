@@ -32,7 +32,7 @@ from torch import nn
 from theory.checks import check_int, check_real
 from theory.density import DensitySettings, density_settings
 from theory.figures import FONT, figure_legend, log_limits, new_figure, spectrum_panel, spectrum_shares
-from theory.runs import RunFolder
+from theory.runs import RunFolder, claim_run
 from theory.spectrum import Spectrum, spectrum
 
 from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
@@ -301,6 +301,16 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else Path("runs") / f"spectrum-{(checkpoint if checkpoint.is_dir() else checkpoint.parent).resolve().name}"
     model, data, num_classes, config = _load(str(checkpoint), args.split, args.device)
+    settings = {k: v for k, v in vars(args).items() if k not in ("device", "out")}
+    settings["checkpoint"] = str(checkpoint.resolve())
+    with claim_run(out, "deepnet spectrum", settings) as folder:  # before any product: a bad --out costs nothing
+        _compute_and_write(args, model, data, num_classes, config, density, checkpoint, folder)
+    print(f"spectrum: wrote {out}")
+    return 0
+
+
+def _compute_and_write(args: argparse.Namespace, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
+                       num_classes: int, config: Any, density: DensitySettings, checkpoint: Path, folder: RunFolder) -> None:
     spectra = compute_spectra(
         model, data, operators=args.operator, params=args.params, batch_size=args.batch_size,
         num_classes=num_classes, dtype=torch.float64 if args.float64 else None, num_outliers=args.num_outliers,
@@ -310,9 +320,6 @@ def run(args: argparse.Namespace) -> int:
     model_name = getattr(config, "model", type(model).__name__)
     dataset = getattr(config, "dataset", "")
     source = f"Checkpoint `{checkpoint}` ({model_name} on {dataset}, {args.split} split). "
-    folder = RunFolder(out)  # created only now: a run that fails above leaves nothing behind
     folder.write_json("results.json", {"checkpoint": str(checkpoint), "split": args.split, "config": config, "spectra": spectra})
-    folder.save_figure("spectra.png", spectra_figure(spectra, f"{model_name} on {dataset} ({args.split})"))
+    folder.try_figure("spectra.png", lambda: spectra_figure(spectra, f"{model_name} on {dataset} ({args.split})"))
     folder.write_text("report.md", spectra_report(spectra, source))
-    print(f"spectrum: wrote {folder.path}")
-    return 0

@@ -15,8 +15,15 @@ the CPU for a fixed number of threads; ``torch.use_deterministic_algorithms`` is
 on during training, on the GPU too). The caller's random state is left as it was.
 
 Files in the run folder: ``checkpoint.pt`` and ``log.json`` (per-epoch train and
-test loss and error), both rewritten after every epoch; the command line adds
-``results.json``, ``report.md`` and ``curves.png`` (see :func:`write_run`).
+test loss and error), both rewritten after every epoch; the command line claims
+the folder first (``run.json`` with its settings, ``.lock``:
+:func:`theory.runs.claim_run`) and adds ``results.json``, ``report.md`` and
+``curves.png`` (see :func:`write_run`).
+
+Failures: a non-finite loss stops the run (:class:`TrainingDiverged`, naming the
+epoch, step and learning rate) before its epoch is checkpointed, so the last
+good checkpoint stays; a damaged checkpoint is refused by name
+(:class:`CheckpointError`) with the way to start fresh.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import math
 import os
 import time
@@ -40,7 +48,7 @@ from torch import nn
 from theory.checks import check_int, check_real
 from theory.figures import new_figure
 from theory.progress import progress
-from theory.runs import RunFolder
+from theory.runs import RunFolder, claim_run
 
 from .data import DataBundle, Split, canonical_name, dataset_from_config, iterate_batches
 from .models import MODELS, build_model
@@ -50,6 +58,8 @@ __all__ = [
     "TrainResult",
     "SweepResult",
     "Checkpoint",
+    "CheckpointError",
+    "TrainingDiverged",
     "CHECKPOINT",
     "resolve_device",
     "deterministic_mode",
@@ -67,6 +77,30 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.json"
 _FORMAT = "deepnet-checkpoint/1"
+_KEYS = ("config", "data", "history", "model", "optimizer")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (garbage, truncated, empty, another format)."""
+
+
+class TrainingDiverged(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _read_checkpoint(path: Path, map_location: str | torch.device, fresh: str) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` checked to be a checkpoint of :func:`train`;
+    anything else raises :class:`CheckpointError` naming the file and ``fresh`` (how to start over)."""
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - garbage, truncation and pickles all end here
+        text = str(err).split("WeightsUnpickler error:")[-1]  # after torch's advice, its reason
+        reason = f"{type(err).__name__}: {next((t.strip() for t in text.splitlines() if t.strip()), 'no detail')}"
+        raise CheckpointError(f"checkpoint: {path} is damaged or not a checkpoint ({reason[:160]}); {fresh}") from None
+    if not isinstance(saved, Mapping) or saved.get("format") != _FORMAT or any(k not in saved for k in _KEYS):
+        found = f"format {saved.get('format')!r}" if isinstance(saved, Mapping) else type(saved).__name__
+        raise CheckpointError(f"checkpoint: {path} is not a checkpoint written by deepnet.train ({found}); {fresh}")
+    return dict(saved)
 
 
 @dataclass(frozen=True)
@@ -105,6 +139,11 @@ class TrainConfig:
         object.__setattr__(self, "model", model)
         if not isinstance(self.model_kwargs, Mapping):
             raise ValueError(f"model_kwargs: expected a dict, got {self.model_kwargs!r}")
+        accepted = [n for n in inspect.signature(MODELS[model]).parameters if n not in ("in_shape", "num_classes")]
+        unknown = sorted(set(self.model_kwargs) - set(accepted))
+        if unknown:
+            raise ValueError(f"model_kwargs: {model} takes {', '.join(accepted)}; got {', '.join(unknown)} "
+                             "(--depth and --no-batch-norm are for the MLP only, --hidden for VGG11 only)")
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
         if self.root is not None:
             object.__setattr__(self, "root", str(Path(self.root).expanduser().absolute()))
@@ -307,9 +346,7 @@ def train(
     checkpoint_path = Path(out) / CHECKPOINT
     saved = None
     if resume and checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if saved.get("format") != _FORMAT:
-            raise ValueError(f"out: {checkpoint_path} is not a checkpoint of this trainer (format {saved.get('format')!r})")
+        saved = _read_checkpoint(checkpoint_path, device, "delete it, or run with --no-resume (resume=False), to start fresh")
         mismatch = _config_mismatch(saved["config"], config)
         if mismatch:
             raise ValueError(
@@ -341,12 +378,16 @@ def train(
             torch.manual_seed(seed)
             order = torch.Generator().manual_seed(seed)
             model.train()
+            losses = []
             for x, y in iterate_batches(data.train, config.batch_size, device=device, generator=order):
                 optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
                 optimizer.step()
+                losses.append(loss.detach())
             train_loss, train_error = evaluate(model, data.train, config.eval_batch_size, device)
             test_loss, test_error = evaluate(model, data.test, config.eval_batch_size, device)
+            _check_finite(torch.stack(losses), train_loss, test_loss, epoch, lr, checkpoint_path, len(history))
             history.append({
                 "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": train_error,
                 "test_loss": test_loss, "test_error": test_error, "seconds": time.perf_counter() - began,
@@ -358,6 +399,23 @@ def train(
             folder.write_json(LOG, {"config": config, "history": history})
     model.eval()
     return _result(config, data, model, history, device, deterministic, checkpoint_path)
+
+
+def _check_finite(losses: torch.Tensor, train_loss: float, test_loss: float, epoch: int, lr: float,
+                  checkpoint: Path, epochs_saved: int) -> None:
+    """Raise :class:`TrainingDiverged` at the first non-finite batch loss of the epoch (one
+    device sync per epoch), or a non-finite evaluation loss, before the epoch is saved."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if not len(bad) and math.isfinite(train_loss) and math.isfinite(test_loss):
+        return
+    where = f"step {int(bad[0]) + 1} of {len(losses)}" if len(bad) else "the evaluation after the last step"
+    value = float(losses[int(bad[0])]) if len(bad) else (train_loss if not math.isfinite(train_loss) else test_loss)
+    kept = (f"the last good checkpoint (after epoch {epochs_saved}) is kept in {checkpoint}" if epochs_saved
+            else "no checkpoint was written")
+    raise TrainingDiverged(
+        f"training diverged: the loss is {value} at epoch {epoch + 1}, {where}, learning rate {lr:g}; "
+        f"{kept}. Lower --lr, in another --out folder (or delete this one)"
+    )
 
 
 class Checkpoint(NamedTuple):
@@ -380,9 +438,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device | N
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
     device = resolve_device(device)
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, Mapping) or saved.get("format") != _FORMAT:
-        raise ValueError(f"checkpoint: {path} is not a checkpoint written by deepnet.train")
+    saved = _read_checkpoint(path, "cpu", "train again (python -m deepnet train ... --no-resume) to write a fresh one")
     config = TrainConfig.from_dict(saved["config"])
     info = saved["data"]
     with torch.device("meta"):  # no initialisation work: the weights come from the file
@@ -530,11 +586,11 @@ def _report(result: TrainResult, sweep: SweepResult | None) -> str:
 def write_run(out: str | os.PathLike[str], result: TrainResult, sweep: SweepResult | None = None) -> RunFolder:
     """Write ``results.json``, ``report.md`` and ``curves.png`` (and ``lr_sweep.png``) to ``out``."""
     folder = RunFolder(out)
-    folder.write_json("results.json", {"training": result, "lr_sweep": sweep})
+    folder.write_json("results.json", {"training": result, "lr_sweep": sweep})  # before the figures
     if len(result.epoch):
-        folder.save_figure("curves.png", _curves_figure(result))
+        folder.try_figure("curves.png", lambda: _curves_figure(result))
     if sweep is not None:
-        folder.save_figure("lr_sweep.png", _sweep_figure(sweep))
+        folder.try_figure("lr_sweep.png", lambda: _sweep_figure(sweep))
     folder.write_text("report.md", _report(result, sweep))
     return folder
 
@@ -610,21 +666,37 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _sweep_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The sweep options, checked (``None`` without a sweep)."""
+    num = check_int("--lr-sweep", args.lr_sweep, 0, what="(0: no sweep)")
+    if not num:
+        return None
+    low = check_real("--lr-min", args.lr_min, 0.0, low_open=True)
+    high = check_real("--lr-max", args.lr_max, low, what="(>= --lr-min)")
+    epochs = None if args.sweep_epochs is None else check_int("--sweep-epochs", args.sweep_epochs, 1)
+    return {"num": num, "low": low, "high": high, "epochs": epochs}
+
+
 def run(args: argparse.Namespace) -> int:
-    """``python -m deepnet train``: train (after an optional sweep) and write the run folder."""
+    """``python -m deepnet train``: train (after an optional sweep) and write the run folder.
+    Every option and the run folder (:func:`theory.runs.claim_run`) are checked first."""
     config = config_from_args(args)
+    sweep_settings = _sweep_settings(args)
+    if args.stop_after is not None:
+        check_int("--stop-after", args.stop_after, 0)
     out = Path(args.out or f"runs/train-{config.dataset}-{config.model}-n{config.per_class or 'all'}-s{config.seed}")
     kwargs = dict(device=resolve_device(args.device), deterministic=not args.nondeterministic, show_progress=not args.quiet)
-    sweep, resume = None, not args.no_resume
-    if args.lr_sweep:
-        sweep = lr_sweep(config, out / "sweep", num=args.lr_sweep, low=args.lr_min, high=args.lr_max,
-                         epochs=args.sweep_epochs, resume=resume, **kwargs)
-        config = dataclasses.replace(config, lr=sweep.best_lr)
-        if sweep.epochs == config.epochs:  # the best sweep run is the final run: reuse its checkpoint
-            best = Path(sweep.folders[sweep.best_index]) / CHECKPOINT
-            RunFolder(out).save_torch(CHECKPOINT, torch.load(best, map_location="cpu", weights_only=True))
-            resume = True
-    result = train(config, out, resume=resume, stop_after=args.stop_after, **kwargs)
-    write_run(out, result, sweep)
+    settings = {"config": config.to_dict(), "lr_sweep": sweep_settings, "deterministic": not args.nondeterministic}
+    with claim_run(out, "deepnet train", settings):
+        sweep, resume = None, not args.no_resume
+        if sweep_settings is not None:
+            sweep = lr_sweep(config, out / "sweep", **sweep_settings, resume=resume, **kwargs)
+            config = dataclasses.replace(config, lr=sweep.best_lr)
+            if sweep.epochs == config.epochs:  # the best sweep run is the final run: reuse its checkpoint
+                best = Path(sweep.folders[sweep.best_index]) / CHECKPOINT
+                RunFolder(out).save_torch(CHECKPOINT, _read_checkpoint(best, "cpu", f"delete {best.parent} to redo it"))
+                resume = True
+        result = train(config, out, resume=resume, stop_after=args.stop_after, **kwargs)
+        write_run(out, result, sweep)
     print(f"final test error {result.final_test_error:.4f} after {len(result.epoch)} epochs; run folder: {out}")
     return 0

@@ -6,13 +6,16 @@
 
 Each writes a run folder with ``results.json``, PNG figures and ``report.md``. Every
 setting is checked before any work starts; the defaults shown by ``--help`` are read from
-the settings records. SIGTERM stops a run like Ctrl-C: workers end at once and no results
-file is written.
+the settings records. The ``--out`` folder is claimed before any work (:func:`theory.runs.claim_run`:
+one command and its settings own a folder; another command, other settings or a second
+concurrent run are refused). SIGTERM stops a run like Ctrl-C: workers end at once and no
+results file is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any
@@ -135,23 +138,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in _BLAS_THREADS:  # before numpy loads its BLAS here, and inherited by the worker processes
         os.environ[name] = str(args.threads)
-    try:  # every setting is checked here, before any work
-        settings, options = _configure(args)
-    except (ValueError, TypeError) as err:
-        print(f"python -m simulate {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    from .study import set_threads
-    from .workers import stop_on_sigterm
+    with contextlib.ExitStack() as stack:
+        try:  # every setting and the run folder are checked here, before any work
+            settings, options = _configure(args)
+            from theory.runs import claim_run
 
-    set_threads(args.threads)
-    if args.command == "study":
-        from .study import run_cli
-    elif args.command == "theorem":
-        from .theorem import run_cli
-    else:
-        from .synthetic import run_cli
-    with stop_on_sigterm():
-        run_cli(args.out, settings, **options)
+            stack.enter_context(claim_run(args.out, f"simulate {args.command}", settings))
+        except (ValueError, TypeError) as err:
+            print(f"python -m simulate {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        from .study import set_threads
+        from .workers import stop_on_sigterm
+
+        set_threads(args.threads)
+        if args.command == "study":
+            from .study import run_cli
+        elif args.command == "theorem":
+            from .theorem import run_cli
+        else:
+            from .synthetic import run_cli
+        with stop_on_sigterm():
+            run_cli(args.out, settings, **options)
     return 0
 
 

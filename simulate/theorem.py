@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from theory.checks import check_int
 from theory.figures import FONT, legend_outside, new_figure, set_labels
 from theory.mlr import expected_fisher, symmetric_probabilities, theorem_eigenvalues
 from theory.progress import progress
@@ -318,8 +319,13 @@ def configure(
         overrides["mc_dim"] = check_dim(dim, mc_C)
     if alpha is not None:
         overrides["mc_alpha"] = check_alphas([alpha], mc_C)[0]
-    if n_per_class is not None:
-        top = check_positive(n_per_class, "--n-per-class")
+    check_int("--seed", seed, 0, 2**63 - 1)
+    extra = max(settings.dim_extras)
+    largest = max(c for c in range(2, 101) if c * (c + extra) <= 10_000)  # expected_fisher's dense size limit
+    for c in overrides.get("classes", ()):
+        check_int("--classes", c, 2, largest, what=f"(the dense grid's C (C + {extra}) rows must stay <= 10000)")
+    if n_per_class is not None:  # the N^(-1/2) slope fit needs several sizes from 16 up
+        top = check_int("--n-per-class", n_per_class, 32, what="(Monte Carlo sizes from 16 up to it, for the N^(-1/2) slope fit)")
         overrides["mc_n_per_class"] = tuple(int(v) for v in np.unique(np.geomspace(min(16, top), top, 6).round().astype(int)))
     return replace(settings, **overrides)
 
@@ -328,8 +334,8 @@ def run_cli(out: str, settings: TheoremSettings, show_progress: bool = True) -> 
     """Run the study and write ``results.json``, ``theorem.png`` and ``report.md`` into ``out``."""
     folder = RunFolder(out)
     study = run_theorem_study(settings, show_progress)
-    folder.save_figure("theorem.png", plot_theorem_study(study))
-    folder.write_json("results.json", study)
+    folder.write_json("results.json", study)  # the numbers first: a failing figure never costs them
+    folder.try_figure("theorem.png", lambda: plot_theorem_study(study))
     text = theorem_report(study)
     folder.write_text("report.md", text)
     print(text)

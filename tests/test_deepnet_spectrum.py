@@ -84,7 +84,7 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
     argv = ["spectrum", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--device", "cpu", "--float64",
             "--batch-size", "40", "--num-outliers", "3", "--num-steps", "12", "--num-repeats", "2", "--max-iterations", "10"]
     assert main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json", "spectra.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["report.md", "results.json", "run.json", "spectra.png"]
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["dataset"] == "mnist-5k" and results["split"] == "train"
     spectra = results["spectra"]

@@ -60,7 +60,7 @@ def test_convergence_slope_is_minus_one_half():
 def test_theorem_cli_quick(tmp_path):
     out = tmp_path / "theorem"
     assert main(["theorem", "--quick", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json", "theorem.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["report.md", "results.json", "run.json", "theorem.png"]
     res = json.loads((out / "results.json").read_text())
     assert res["grid_max_error"] < 1e-10
     assert len(res["grid"]) == 36
@@ -407,7 +407,7 @@ def test_study_is_reproducible():
         (["study", "--classes", "1"], "--classes: expected an integer >= 2 (the number of classes C), got 1"),
         (["study", "--classes", "3", "--dim", "2"], "--dim: expected an integer >= 3 (D >= C for every C in [3]), got 2"),
         (["study", "--classes", "3", "--dim", "3"], "--dim: expected D > C"),
-        (["study", "--n-per-class", "0"], "--n-per-class: expected an integer >= 1, got 0"),
+        (["study", "--n-per-class", "0"], "--n-per-class: expected an integer >= 2"),
         (["study", "--n-test", "-5"], "--n-test: expected an integer >= 1, got -5"),
         (["study", "--snrs", "1", "-0.5"], "--snrs: expected a finite number >= 0 (SNR s = t^2), got -0.5"),
         (["study", "--snrs", "1", "nan"], "--snrs: expected a finite number >= 0 (SNR s = t^2), got nan"),
@@ -419,7 +419,7 @@ def test_study_is_reproducible():
         (["theorem", "--classes", "3", "1"], "--classes: expected an integer >= 2 (the number of classes C), got 1"),
         (["theorem", "--dim", "3"], "(D >= C for every C in"),
         (["theorem", "--snrs", "-1"], "--snrs: expected a finite number >= 0 (SNR s = t^2), got -1"),
-        (["theorem", "--n-per-class", "0"], "--n-per-class: expected an integer >= 1, got 0"),
+        (["theorem", "--n-per-class", "0"], "--n-per-class: expected an integer >= 32"),
     ],
 )
 def test_cli_rejects_bad_arguments_before_work(argv, message, tmp_path, capsys):

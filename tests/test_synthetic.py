@@ -26,8 +26,8 @@ def test_synthetic_check_finds_outliers_and_bulk():
 def test_cli_writes_the_run_folder(tmp_path):
     argv = ["synthetic", "--out", str(tmp_path / "run"), "--size", "300", "--num-steps", "32", "--num-repeats", "3"]
     assert main(argv) == 0
-    files = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert files == ["report.md", "results.json", "synthetic_check.png"]
+    files = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != ".lock")
+    assert files == ["report.md", "results.json", "run.json", "synthetic_check.png"]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["size"] == 300 and len(results["outliers_estimated"]) == 3
     assert len(results["density"]["grid"]) == len(results["density"]["density"]) == 1024

@@ -68,6 +68,7 @@ from .spectral import (
     Eigenpairs,
     SpectralDensity,
     bulk_density,
+    quadrature,
     spectral_densities,
     top_eigenpairs,
 )
@@ -722,7 +723,8 @@ def attribute(
     axis's) or a mapping of its fields ``num_steps``, ``num_repeats``, ``kappa``, ...
     (``seed`` and ``log_eps`` filled in); ``num_steps`` above the size of ``A`` is
     lowered to it (``settings["density_clamped"]`` says so). Every density uses the
-    bounds of ``A`` and the same seed, so that they compare point by point.
+    same seed and the bounds of ``A``, widened for a knockout whose spectrum leaves
+    them (a projection adds zeros), so that they compare point by point.
 
     A feature vanishes under a knockout when ``retained <= vanish`` (bulk:
     ``bulk_mass <= vanish`` times that of ``A``) and stays when ``retained >= stay``
@@ -834,7 +836,10 @@ def attribute(
         threshold = thr if own_edge is None else max(own_edge.threshold, zero_tol)
         n_sep = int(np.sum(vals > threshold))
         if lin is None:
-            lin, log = spectral_densities(op, dens, bounds=bounds, check_symmetry=False)
+            q = quadrature(op, dens, check_symmetry=False)  # on A's bounds, widened where the knockout's spectrum leaves them
+            q = dataclasses.replace(q, bounds=dataclasses.replace(
+                bounds, lower=min(bounds.lower, q.bounds.lower), upper=max(bounds.upper, q.bounds.upper)))
+            lin, log = q.linear(), q.log()
         Usep = top.eigenvectors[:, vals > threshold]
         retained = {f: _retained(Usep, Uf[f]) for f in feat_names}
         cert = None

@@ -20,13 +20,20 @@ class ArgumentError(ValueError, TypeError):
     """An argument of the wrong type or outside its allowed range."""
 
 
+def _show(bound: float) -> str:
+    """A bound as the message shows it: integers in full, ``2**63 - 1`` by name, reals in ``%g``."""
+    if isinstance(bound, numbers.Integral):
+        return "2**63 - 1" if bound == 2**63 - 1 else str(bound)
+    return f"{bound:g}"
+
+
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{_show(low)}, {_show(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {_show(low)}"
     if high is not None:
-        return f"{'<' if high_open else '<='} {high:g}"
+        return f"{'<' if high_open else '<='} {_show(high)}"
     return ""
 
 

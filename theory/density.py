@@ -327,6 +327,8 @@ def quadrature(
     if op.size < 2:
         raise ArgumentError(f"op: a spectral density needs a dimension >= 2, got {op.size}")
     check_int("num_steps", settings.num_steps, 2, op.size, what="(the operator's dimension)")
+    if bounds is not None and not isinstance(bounds, SpectralBounds):
+        raise ArgumentError(f"bounds: expected a theory.lanczos.SpectralBounds, got {type(bounds).__name__}")
     if bounds is not None and not bounds.upper > bounds.lower:
         raise ArgumentError(f"bounds: expected lower < upper, got [{bounds.lower}, {bounds.upper}]")
     check_symmetry = check_flag("check_symmetry", check_symmetry)
@@ -341,6 +343,12 @@ def quadrature(
     point_mass = float(nodes @ weights) if bool(np.all(res.num_valid == 1)) else None
     if bounds is None:  # a point mass gets a width of 1e-3 of its value, far above the nodes' round-off
         bounds = bounds_from_lanczos(res, settings.margin, min_width=1e-12 if point_mass is None else 1e-3)
+    elif nodes.size and (nodes.min() < bounds.lower - (slack := 1e-10 * max(abs(bounds.lower), abs(bounds.upper)))
+                         or nodes.max() > bounds.upper + slack):  # Ritz values lie in the spectrum
+        raise ArgumentError(
+            f"bounds: [{bounds.lower:.6g}, {bounds.upper:.6g}] do not contain the spectrum (Ritz values reach "
+            f"[{nodes.min():.6g}, {nodes.max():.6g}]); widen them or leave bounds=None to estimate them"
+        )
     return Quadrature(
         nodes=nodes,
         weights=weights,

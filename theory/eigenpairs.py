@@ -18,6 +18,7 @@ from .checks import check_choice, check_flag, check_int, check_real
 from .lanczos import prepare_operator, random_block
 from .operators import SymmetricOperator, as_operator
 from .progress import progress
+from .recurrence import column_norms
 
 __all__ = ["ConvergenceWarning", "Eigenpairs", "Which", "deflate", "eigenpairs_arrays", "top_eigenpairs"]
 
@@ -78,7 +79,7 @@ class _KrylovBasis:
         self._fills = 0
         self._seed = seed
         X = start.to(F64)
-        self._append_block(X, np.zeros((0, X.shape[1])), torch.linalg.vector_norm(X, dim=0), None)
+        self._append_block(X, np.zeros((0, X.shape[1])), column_norms(X), None)
 
     # -- building ------------------------------------------------------------
     def _orthogonalize(self, r: torch.Tensor, lo: int, hi: int) -> np.ndarray:
@@ -94,9 +95,9 @@ class _KrylovBasis:
         z = random_block(self.op, 1, self._seed + 104729 * self._fills, None).to(F64)[:, 0]
         for _ in range(2):
             self._orthogonalize(z, 0, self.n)
-        return z / torch.linalg.vector_norm(z)
+        return z / float(column_norms(z[:, None])[0])
 
-    def _append_block(self, R: torch.Tensor, coef: np.ndarray, before: torch.Tensor, cols: slice | None) -> None:
+    def _append_block(self, R: torch.Tensor, coef: np.ndarray, before: np.ndarray, cols: slice | None) -> None:
         """Orthonormalise the columns of ``R`` (orthogonal to ``V[:, :n]`` up to round-off,
         with coefficients ``coef`` and norms ``before`` ahead of the last pass) against
         each other and append them; column ``j``'s coefficients become ``H[:, cols][:, j]``.
@@ -110,13 +111,13 @@ class _KrylovBasis:
             c[: coef.shape[0]] = coef[:, j]
             for _ in range(2 if self.n > n0 else 0):
                 c[n0:] += self._orthogonalize(r, n0, self.n)
-            beta, ref = float(torch.linalg.vector_norm(r)), float(before[j])
+            beta, ref = float(column_norms(r[:, None])[0]), float(before[j])
             tiny = self.breakdown * self.anorm
             for _ in range(2):
                 if beta >= 0.7 * ref or beta <= tiny:
                     break
                 c += self._orthogonalize(r, 0, self.n)
-                beta, ref = float(torch.linalg.vector_norm(r)), beta
+                beta, ref = float(column_norms(r[:, None])[0]), beta
             if cols is not None:
                 self.H[: self.n, cols.start + j] = c
             if self.n == self.p:
@@ -136,8 +137,8 @@ class _KrylovBasis:
         X = self.V[:, cols]
         AX = self.op.matmat(X.to(self.op.dtype)).to(F64)
         self.num_products += X.shape[1]
-        norms = torch.linalg.vector_norm(AX, dim=0)
-        if not bool(torch.isfinite(norms).all()):
+        norms = column_norms(AX)  # no overflow of the squares for |A| up to the float64 range
+        if not bool(np.isfinite(norms).all()):
             raise FloatingPointError(
                 f"the operator's product returned NaN or Inf after {self.num_products} product columns"
             )
@@ -145,7 +146,7 @@ class _KrylovBasis:
         self.W[:, cols] = AX
         R = AX.clone()
         coef = self._orthogonalize(R, 0, self.n)
-        before = torch.linalg.vector_norm(R, dim=0)
+        before = column_norms(R)
         coef += self._orthogonalize(R, 0, self.n)
         self.m = self.n
         self._append_block(R, coef, before, cols)
@@ -158,7 +159,9 @@ class _KrylovBasis:
         upper = np.triu(self.H[:m, :m])
         theta, S = np.linalg.eigh(upper + np.triu(upper, 1).T)
         self.anorm = max(self.anorm, float(np.abs(theta).max()))
-        est = np.linalg.norm(self.H[m : self.n, :m] @ S, axis=0)
+        B = self.H[m : self.n, :m] @ S
+        scale = float(np.abs(B).max()) if B.size else 0.0
+        est = scale * np.linalg.norm(B / scale, axis=0) if scale > 0 else np.zeros(m)  # scaled: no overflow of squares
         return theta, S, est
 
     def ritz_pairs(self, theta: np.ndarray, S: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +173,7 @@ class _KrylovBasis:
         """Ritz vectors and ``|A y_i - theta_i y_i|`` from the stored images."""
         Y, AY = self.ritz_pairs(theta, S)
         R = AY - Y * torch.as_tensor(theta, device=Y.device)
-        return Y, torch.linalg.vector_norm(R, dim=0).cpu().numpy()
+        return Y, column_norms(R)
 
     def restart(self, theta: np.ndarray, S: np.ndarray) -> None:
         """Thick restart: keep the Ritz pairs ``(theta, V_p S)`` (processed, ``H`` diagonal)

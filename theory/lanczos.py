@@ -18,7 +18,7 @@ import torch
 from .checks import check_int, check_real
 from .operators import SymmetricOperator, as_operator, check_symmetric
 from .progress import progress
-from .recurrence import column_dots, recurrence_step
+from .recurrence import column_dots, column_norms, recurrence_step
 
 __all__ = [
     "LanczosResult",
@@ -176,6 +176,8 @@ def lanczos(
                     w[:, r] -= basis[r, : j + 1].T @ coef
             b2 = torch.linalg.vector_norm(w, dim=0, dtype=torch.float64).cpu().numpy() ** 2
         b = np.sqrt(b2)
+        if not np.all(np.isfinite(b2)):  # |w|^2 overflows for |w| > 1e154, not |w|
+            b = column_norms(w)
         bad = active & ~(np.isfinite(a) & np.isfinite(b))
         if bad.any():
             raise FloatingPointError(

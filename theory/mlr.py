@@ -105,6 +105,10 @@ def logit_hessian(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     if p.ndim < 1:
         raise ValueError(f"p: expected probability vectors of shape (..., C), got shape {p.shape}")
+    total = p.sum(axis=-1)
+    if not (np.all(p >= 0) and np.allclose(total, 1.0, rtol=0, atol=1e-8)):
+        raise ValueError(f"p: expected probabilities (>= 0, summing to 1 over the last axis), got sums in "
+                         f"[{np.min(total):.6g}, {np.max(total):.6g}] and smallest entry {np.min(p):.6g}")
     return p[..., :, None] * np.eye(p.shape[-1]) - p[..., :, None] * p[..., None, :]
 
 

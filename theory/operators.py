@@ -206,6 +206,8 @@ class DenseOperator(SymmetricOperator):
         matrix = torch.as_tensor(matrix)
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"matrix: expected a square 2-D array, got shape {tuple(matrix.shape)}")
+        if matrix.is_complex():  # casting would drop the imaginary part silently
+            raise TypeError(f"matrix: expected a real symmetric matrix, got dtype {matrix.dtype} (pass .real if it is real)")
         if not matrix.is_floating_point():
             matrix = matrix.to(torch.float64)
         super().__init__(matrix.shape[0], matrix.dtype, matrix.device)
@@ -393,6 +395,10 @@ def as_operator(
     """
     if isinstance(obj, SymmetricOperator):
         return obj
+    if device is not None:
+        from .devices import check_device
+
+        device = check_device("device", device)
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         op = DenseOperator(obj)
         if dtype is not None or device is not None:

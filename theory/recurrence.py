@@ -19,7 +19,7 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["column_dots", "recurrence_step"]
+__all__ = ["column_dots", "column_norms", "recurrence_step"]
 
 _CHUNK = 1 << 15
 
@@ -82,3 +82,14 @@ def recurrence_step(W: torch.Tensor, Q: torch.Tensor, Q_prev: torch.Tensor, a: n
     b_t = torch.as_tensor(b, dtype=W.dtype, device=W.device)[None, :]
     W.addcmul_(Q, a_t, value=-1.0).addcmul_(Q_prev, b_t, value=-1.0)
     return (torch.linalg.vector_norm(W, dim=0, dtype=torch.float64) ** 2).cpu().numpy()
+
+
+def column_norms(W: torch.Tensor) -> np.ndarray:
+    """``(|w_j|)_j`` in float64 for a ``(p, s)`` tensor; where the plain sum of squares
+    overflows (``|w_j| > ~1e154``) the norm of ``w_j / max|w_j|`` times ``max|w_j|``."""
+    norms = torch.linalg.vector_norm(W, dim=0, dtype=torch.float64)
+    if not bool(torch.isfinite(norms).all()):
+        peak = W.abs().amax(dim=0).to(torch.float64)
+        scaled = peak * torch.linalg.vector_norm(W.double() / peak.clamp_min(torch.finfo(torch.float64).tiny), dim=0)
+        norms = torch.where(torch.isfinite(norms), norms, scaled)
+    return norms.cpu().numpy()

@@ -107,9 +107,8 @@ def _check_labels(labels: object, n: int, num_classes: int) -> torch.Tensor:
         raise TypeError(f"labels: expected integer class indices, got dtype {lab.dtype}")
     lab = lab.to(torch.int64)
     if n and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
-        raise ValueError(
-            f"labels: values must lie in [0, {num_classes}), got min {int(lab.min())} and max {int(lab.max())}"
-        )
+        allowed = f"lie in [0, {num_classes})" if num_classes < np.iinfo(np.int64).max else "be class indices >= 0"
+        raise ValueError(f"labels: values must {allowed}, got min {int(lab.min())} and max {int(lab.max())}")
     return lab
 
 

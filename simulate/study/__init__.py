@@ -107,11 +107,11 @@ def run_cli(out: str, settings: StudySettings, show_progress: bool = True, worke
     the four figures, ``report.md`` and ``attribution/``."""
     folder = RunFolder(out)
     study = run_study(settings, show_progress, RunFolder(folder.path / "attribution"), workers, threads)
-    folder.save_figure("spectra_attribution.png", plot_attribution(study))
-    folder.save_figure("ratio_vs_error.png", plot_ratio_vs_error(study))
-    folder.save_figure("predicted_vs_measured.png", plot_predicted_vs_measured(study))
-    folder.save_figure("finite_samples.png", plot_finite_samples(study))
-    folder.write_json("results.json", study)
+    folder.write_json("results.json", study)  # the numbers first: a failing figure never costs them
+    folder.try_figure("spectra_attribution.png", lambda: plot_attribution(study))
+    folder.try_figure("ratio_vs_error.png", lambda: plot_ratio_vs_error(study))
+    folder.try_figure("predicted_vs_measured.png", lambda: plot_predicted_vs_measured(study))
+    folder.try_figure("finite_samples.png", lambda: plot_finite_samples(study))
     text = study_report(study)
     folder.write_text("report.md", text)
     print(text.split("## Every point")[0])

@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from theory.checks import check_choice, check_int
+from theory.checks import check_choice, check_int, check_real
 
 from ..arguments import check_classes, check_dim, check_fraction, check_positive, check_snrs
 
-__all__ = ["StudySettings", "study_settings", "validate_settings", "configure"]
+__all__ = ["StudySettings", "study_settings", "validate_settings", "configure", "MAX_SNR"]
+
+MAX_SNR = 1e4
+"""The largest SNR the study accepts (its test and Bayes errors are 0 in double precision long before)."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,16 @@ def validate_settings(st: StudySettings) -> StudySettings:
     dim = check_dim(st.dim, classes)
     if dim == max(classes):
         raise ValueError(f"--dim: expected D > C (the bulk has (D - C)(C - 1) eigenvalues), got D = {dim} for C = {max(classes)}")
-    check_positive(st.n_per_class, "--n-per-class")
+    check_int("--n-per-class", st.n_per_class, 2, what="(with one example per class the bulk outside the class means is empty)")
     check_positive(st.n_test_per_class, "--n-test")
     snrs = check_snrs(st.snrs)
+    for s in snrs:  # the figures' SNR axes are logarithmic; far above 1e4 the fits overflow
+        check_real("--snrs", s, 0.0, MAX_SNR, low_open=True, what="(the study's SNR axes are logarithmic)")
     check_positive(st.seeds, "--seeds")
     check_fraction(st.penalty, "--penalty", 0.0, math.inf)
     attribution_snrs = check_snrs(st.attribution_snrs, "--attribution-snrs")
+    for s in attribution_snrs:
+        check_real("--attribution-snrs", s, 0.0, MAX_SNR, low_open=True, what="(the study's SNR axes are logarithmic)")
     for eta in st.asymmetry:
         check_fraction(eta, "--asymmetry", 0.0, 1.0)
     check_snrs([st.asymmetry_snr], "--asymmetry-snr")
@@ -87,6 +94,8 @@ def validate_settings(st: StudySettings) -> StudySettings:
         check_positive(getattr(st, name), name)
     check_choice("attribution_eigensolver", st.attribution_eigensolver, ("dense", "subspace"))
     check_int("--seed", st.seed, 0, 2**63 - 1)
+    smallest = min(min(classes), st.asymmetry_classes)  # the Fisher has C D rows, the density C D Lanczos steps at most
+    check_int("--dim", dim, -(-st.density_steps // smallest), what=f"(C D >= {st.density_steps} Lanczos steps for C = {smallest})")
     return replace(st, classes=classes, dim=dim, snrs=snrs, attribution_snrs=attribution_snrs)
 
 
