@@ -30,9 +30,14 @@ from theory.progress import progress
 from theory.runs import RunFolder
 from theory.symbolic import check_all
 
+from .arguments import (
+    check_alphas,
+    check_classes,
+    check_dim,
+    check_snrs,
+)
 from .fisher import MLRFisher
 from .mixtures import canonical_mixture
-from .arguments import check_alphas, check_classes, check_dim, check_positive, check_snrs
 
 __all__ = [
     "TheoremSettings",

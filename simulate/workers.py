@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["die_with_parent", "init_worker", "stop_on_sigterm"]
+__all__ = ["die_with_parent", "init_worker", "set_threads", "stop_on_sigterm"]
 
 _PR_SET_PDEATHSIG = 1
 _WATCH_SECONDS = 0.5
@@ -45,12 +45,20 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), name="parent-watchdog", daemon=True).start()
 
 
+def set_threads(threads: int) -> None:
+    """Threads of torch and Numba in this process (numpy's BLAS reads its count from the
+    environment when it loads: ``python -m simulate`` sets it first)."""
+    import numba
+    import torch
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 def init_worker(threads: int, parent: int) -> None:
     """Initializer of a study worker: die with ``parent`` first, then import the numerics and
     set their thread counts."""
     die_with_parent(parent)
-    from .study.run import set_threads
-
     set_threads(threads)
 
 

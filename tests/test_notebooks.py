@@ -7,7 +7,6 @@ where threads buy nothing and spin-waiting OpenMP pools of torch and Numba cost 
 stored notebooks must carry no outputs."""
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib

@@ -9,16 +9,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from theory.progress import progress
 from theory.runs import RunFolder
 
 from ..arguments import check_positive
-from .measure import AttributionSummary, PointResult, SymmetricPoint, attribution_summary, measure_point, symmetric_point
+from ..workers import init_worker, set_threads
+from .measure import (
+    AttributionSummary,
+    PointResult,
+    SymmetricPoint,
+    attribution_summary,
+    measure_point,
+    symmetric_point,
+)
 from .settings import StudySettings, validate_settings
 from .summary import summarize
-from ..workers import init_worker
 
 __all__ = ["Study", "set_threads", "run_study"]
 
@@ -35,15 +40,6 @@ class Study:
     attribution: list[AttributionSummary]
     summary: dict[str, Any]
     seconds: float
-
-
-def set_threads(threads: int) -> None:
-    """Threads of torch and Numba in this process (numpy's BLAS reads its count from the
-    environment when it loads: ``python -m simulate`` sets it first)."""
-    import numba
-
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _run_indexed(task: tuple[int, StudySettings, tuple[Any, ...]]) -> tuple[int, tuple[PointResult, SymmetricPoint | None, AttributionSummary | None]]:
