@@ -11,8 +11,10 @@ For an MLP with batch norm (eval mode) on a class-balanced Fashion-MNIST subset,
 
 once with the data in its stored (mixed-class) order, where each batch is split by
 label into C sub-batches, and once sorted by class (class-pure batches). Timings are
-the best of ``--repeats`` interleaved rounds. On CUDA the peak memory of each job is
-printed next to ``C^2 P`` numbers (the sums).
+the best of ``--repeats`` interleaved rounds. The peak memory of each job (measured after
+the timings, ``bench/_memory.py``: CUDA allocations, or on the CPU the growth of the
+peak resident set) is printed next to the goal ``C^2 P`` numbers (the sums) plus one
+batch of inputs, and as a ratio to it.
 
 Run: ``python bench/gradient_means.py [--per-class 300] [--batch-size 500] [--threads 1]``.
 """
@@ -24,24 +26,13 @@ import sys
 from collections.abc import Callable
 
 import torch
+from _memory import peak_memory, reexec_for_rss
 from products import best_times
 
 from deepnet.data import load_subset
 from deepnet.models import MLP
 from deepnet.operators import EmpiricalRisk
 from deepnet.passes import gradient_sums
-
-
-def peak_bytes(job: Callable[[], object], device: torch.device) -> float:
-    """Peak CUDA memory allocated during ``job`` (NaN on CPU)."""
-    if device.type != "cuda":
-        return float("nan")
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    job()
-    torch.cuda.synchronize(device)
-    return float(torch.cuda.max_memory_allocated(device) - base)
 
 
 def bench_order(label: str, model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, args: argparse.Namespace) -> None:
@@ -55,20 +46,24 @@ def bench_order(label: str, model: torch.nn.Module, X: torch.Tensor, Y: torch.Te
     }
     t = best_times(jobs, args.repeats)
     t["squared norms (difference)"] = t["means + squared norms"] - t["means, batched over c'"]
-    sync = (lambda: torch.cuda.synchronize(risk.device)) if risk.device.type == "cuda" else (lambda: None)
-    peaks = {name: peak_bytes(lambda job=job: (job(), sync()), risk.device) for name, job in jobs.items()}
+    peaks = {name: peak_memory(job, risk.device) for name, job in jobs.items()}
     grad = t["gradient pass"]
+    sums = C * C * P * X.element_size()
+    batch = min(args.batch_size, len(Y)) * X[0].numel() * X.element_size()
     print(f"\n== {label}: P = {P:,}, N = {risk.num_data}, C = {C}, batch {args.batch_size}, {risk.dtype}, "
-          f"{risk.device}; one gradient pass {1e3 * grad:.1f} ms; the C^2 P sums are {C * C * P * X.element_size() / 2**20:.1f} MiB")
-    head = f"{'job':<28s} {'ms':>9s} {'/gradient':>10s} {'/(C+1)':>7s} {'peak MiB':>9s}"
+          f"{risk.device}; one gradient pass {1e3 * grad:.1f} ms; memory goal: the C^2 P sums {sums / 2**20:.1f} MiB "
+          f"+ one batch {batch / 2**20:.1f} MiB = {(sums + batch) / 2**20:.1f} MiB")
+    head = f"{'job':<28s} {'ms':>9s} {'/gradient':>10s} {'/(C+1)':>7s} {'peak MiB':>9s} {'/goal':>6s}"
     print(head)
     print("-" * len(head))
     for name, seconds in t.items():
-        peak = peaks.get(name, float("nan")) / 2**20
-        print(f"{name:<28s} {1e3 * seconds:9.1f} {seconds / grad:10.2f} {seconds / grad / (C + 1):7.2f} {peak:9.1f}")
+        peak = peaks.get(name, float("nan"))
+        print(f"{name:<28s} {1e3 * seconds:9.1f} {seconds / grad:10.2f} {seconds / grad / (C + 1):7.2f} "
+              f"{peak / 2**20:9.1f} {peak / (sums + batch):6.2f}")
 
 
 def main() -> None:
+    reexec_for_rss()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion-mnist", help="a deepnet.data name (default fashion-mnist)")
     parser.add_argument("--root", default=None, help="data root (default: the usual places, see deepnet.data)")

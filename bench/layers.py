@@ -24,40 +24,17 @@ Run: ``python bench/layers.py [--per-class 300] [--batch-size 500] [--threads 1]
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 from collections.abc import Callable
 
 import torch
-from gradient_means import peak_bytes
+from _memory import peak_memory, reexec_for_rss
 from products import best_times
 
 from deepnet.data import load_subset
 from deepnet.layers import layer_passes, layer_statistics, select_layers
 from deepnet.models import MLP
 from deepnet.operators import EmpiricalRisk
-
-
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as handle:
-        return int(re.search(rf"{key}:\s+(\d+) kB", handle.read()).group(1)) * 1024
-
-
-def peak_rss_growth(job: Callable[[], object]) -> float:
-    """Bytes by which the peak resident set grows above the current one while ``job`` runs
-    (Linux: the peak is reset by writing 5 to ``/proc/self/clear_refs``)."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    base = _status_bytes("VmRSS")
-    job()
-    return float(_status_bytes("VmHWM") - base)
-
-
-def peak_memory(job: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        return peak_bytes(lambda: (job(), torch.cuda.synchronize(device)), device)
-    return peak_rss_growth(job)
 
 
 def bench_order(label: str, model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, args: argparse.Namespace) -> None:
@@ -92,10 +69,7 @@ def bench_order(label: str, model: torch.nn.Module, X: torch.Tensor, Y: torch.Te
 
 
 def main() -> None:
-    if sys.platform == "linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        # large blocks straight from and back to the OS, so that the resident set follows the live memory
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+    reexec_for_rss()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion-mnist", help="a deepnet.data name (default fashion-mnist)")
     parser.add_argument("--root", default=None, help="data root (default: the usual places, see deepnet.data)")
