@@ -321,7 +321,7 @@ def _simulate_cases() -> list[Bad]:
         Bad(S, "CLI", "`study --n-test 0`", simulate("study", "--n-test", "0"), "--n-test:"),
         Bad(S, "CLI", "`study --seeds 0`", simulate("study", "--seeds", "0"), "--seeds:"),
         Bad(S, "CLI", "`study --penalty -1`", simulate("study", "--penalty", "-1"), "--penalty:"),
-        Bad(S, "CLI", "`study --attribution-snrs 7.5`", simulate("study", "--attribution-snrs", "7.5"), "--attribution-snrs:"),
+        Bad(S, "CLI", "`study --attribution-snrs 0`", simulate("study", "--attribution-snrs", "0"), "--attribution-snrs:"),
         Bad(S, "CLI", "`study --seed -1`", simulate("study", "--seed", "-1"), "--seed:"),
         Bad(S, "CLI", "`study --workers 0`", simulate("study", "--workers", "0"), "--workers"),
         Bad(S, "CLI", "`study --threads 0`", simulate("study", "--threads", "0"), "--threads"),
