@@ -22,15 +22,12 @@ Run: ``python bench/gradient_means.py [--per-class 300] [--batch-size 500] [--th
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 import torch
-from _memory import peak_memory, reexec_for_rss
+from _memory import peak_memory, reexec_for_rss, run_mlp_bench
 from products import best_times
 
-from deepnet.data import load_subset
-from deepnet.models import MLP
 from deepnet.operators import EmpiricalRisk
 from deepnet.passes import gradient_sums
 
@@ -64,33 +61,7 @@ def bench_order(label: str, model: torch.nn.Module, X: torch.Tensor, Y: torch.Te
 
 def main() -> None:
     reexec_for_rss()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="fashion-mnist", help="a deepnet.data name (default fashion-mnist)")
-    parser.add_argument("--root", default=None, help="data root (default: the usual places, see deepnet.data)")
-    parser.add_argument("--per-class", type=int, default=300, help="training examples per class (default 300)")
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--mlp-depth", type=int, default=2)
-    parser.add_argument("--mlp-width", type=int, default=256)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    sys.stdout.reconfigure(line_buffering=True)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = load_subset(args.dataset, root=args.root, per_class=args.per_class, seed=args.seed, device=device)
-    X, Y = data.train.images.to(device), data.train.labels.to(device)
-    print(f"{data.name}: {len(Y)} training images {tuple(data.in_shape)}, {data.num_classes} classes; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
-    torch.manual_seed(args.seed)
-    model = MLP(data.in_shape, data.num_classes, depth=args.mlp_depth, width=args.mlp_width).to(device).eval()
-    name = f"MLP {args.mlp_depth} x {args.mlp_width} (BN)"
-    bench_order(f"{name}, stored order (batches split by label)", model, X, Y, args)
-    order = torch.argsort(Y.cpu(), stable=True).to(device)
-    bench_order(f"{name}, sorted by class (class-pure batches)", model, X[order], Y[order], args)
-
+    run_mlp_bench(__doc__, bench_order)
 
 if __name__ == "__main__":
     main()

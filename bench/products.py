@@ -29,7 +29,12 @@ from torch import nn
 
 from deepnet.data import load_subset
 from deepnet.models import MLP, VGG11
-from deepnet.operators import EmpiricalRisk, GaussNewtonOperator, HessianOperator, ResidualOperator
+from deepnet.operators import (
+    EmpiricalRisk,
+    GaussNewtonOperator,
+    HessianOperator,
+    ResidualOperator,
+)
 
 
 def curvlinops_products(model: nn.Module, risk: EmpiricalRisk, X: torch.Tensor, Y: torch.Tensor, batch_size: int):

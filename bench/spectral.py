@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 from theory.operators import SymmetricOperator
-from theory.spectral import gaussian_smooth, kernel_width, spectral_density, top_eigenpairs
+from theory.spectral import (
+    gaussian_smooth,
+    kernel_width,
+    spectral_density,
+    top_eigenpairs,
+)
 
 
 class TimedOperator(SymmetricOperator):
