@@ -3,6 +3,8 @@ mode end to end (against the dense Fisher and known answers), thread-count indep
 killed runs, and the command line's argument errors and help. The finite-sample formulas
 are tested in ``tests/test_finite_sample.py``."""
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -86,12 +88,14 @@ def test_symmetric_fisher_bulk_mean_and_edge_match_the_moments():
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "run"
-    assert main(["study", "--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "results.json").read_text())
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["study", "--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text()), printed.getvalue()
 
 
 def test_study_writes_every_output(quick_study):
-    out, res = quick_study
+    out, res, _ = quick_study
     names = {p.name for p in out.iterdir()}
     assert {"results.json", "report.md", "spectra_attribution.png", "ratio_vs_error.png",
             "predicted_vs_measured.png", "finite_samples.png", "attribution"} <= names
@@ -115,8 +119,16 @@ def test_study_writes_every_output(quick_study):
     assert report.count("\n| 3 |") >= len(res["points"])
 
 
+def test_study_prints_a_short_summary_and_where_the_report_is(quick_study):
+    out, _, printed = quick_study
+    report = (out / "report.md").read_text()
+    assert "## What held and what did not" in printed and "## Claim C6" not in printed
+    assert len(printed.splitlines()) < len(report.splitlines()) / 4
+    assert str(out / "report.md") in printed
+
+
 def test_study_numbers_are_sane(quick_study):
-    _, res = quick_study
+    _, res, _ = quick_study
     pts = res["points"]
     pred = np.array([p["predicted_error"] for p in pts])
     test = np.array([p["test_error"] for p in pts])
@@ -143,7 +155,7 @@ def test_study_numbers_are_sane(quick_study):
 def test_study_attribution_known_answers(quick_study):
     """Far below the BBP threshold there is no signal: no outliers, and the whole Fisher is the
     within-class part; far above it the outliers of the class means are the class(+diag) part."""
-    _, res = quick_study
+    _, res, _ = quick_study
     by_snr = {a["snr"]: a["trained"]["verdicts"] for a in res["attribution"]}
     low, high = by_snr[min(by_snr)], by_snr[max(by_snr)]
     assert low["outliers"]["verdict"] == "absent"
@@ -157,7 +169,7 @@ def test_positive_control_reads_the_theorem_at_the_highest_snr(quick_study):
     class-mean span (class+diag knockout; class alone suffices when alpha is small), C(C-2)
     bump eigenvalues of the cross part, the rest within; its outliers' diag share over
     class+diag is alpha (docs/attribution.md, Sec. 4)."""
-    _, res = quick_study
+    _, res, _ = quick_study
     C = 3
     top = max(res["attribution"], key=lambda a: a["snr"])
     v = top["control"]["verdicts"]
@@ -280,7 +292,7 @@ def test_report_sentences_follow_the_numbers(quick_study):
 
     from simulate.study.report import attribution_lines, c6_lines, failure_lines, trained_overlap_lines
 
-    _, res = quick_study
+    _, res, _ = quick_study
     st = study_settings(quick=True)
     c6 = res["summary"]["c6"]
     assert c6["num_predicted"] > 0

@@ -114,7 +114,7 @@ def run_cli(out: str, settings: StudySettings, show_progress: bool = True, worke
     folder.try_figure("finite_samples.png", lambda: plot_finite_samples(study))
     text = study_report(study)
     folder.write_text("report.md", text)
-    print(text.split("## Every point")[0])
-    print(f"results written to {folder.path}/ (report.md, results.json, 4 figures, attribution/)")
+    print("\n## ".join(text.split("\n## ")[:2]).rstrip())  # the title and "what held": the rest is in report.md
+    print(f"\nfull report: {folder.path / 'report.md'}; numbers: results.json; 4 figures and attribution/ beside them")
     return study
 
