@@ -89,3 +89,19 @@ def test_basis_is_kept_only_on_request():
     A = random_symmetric(40, seed=8)
     assert lanczos(A, 10, reorthogonalize=True).basis is None
     assert lanczos(A, 10, reorthogonalize=False, keep_basis=True).basis.shape == (1, 11, 40)
+
+
+def test_numba_kernels_leave_torchs_thread_count_alone():
+    """Numba's OpenMP layer shares the runtime with torch: a kernel launch must not change
+    torch's thread count (it did: 1 -> 2, so a second identical run differed in float32)."""
+    from theory.recurrence import column_dots, recurrence_step
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        X = torch.randn(5000, 3, generator=torch.Generator().manual_seed(0))
+        column_dots(X, X)
+        recurrence_step(X.clone(), X, X, np.ones(3), np.ones(3))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

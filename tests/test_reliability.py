@@ -787,9 +787,9 @@ def _without_seconds(results: dict) -> dict:
 def test_spectrum_killed_mid_run_leaves_no_results_and_reruns(tmp_path, sig, context, uninterrupted_spectrum):
     out = tmp_path / "spectrum"
     proc = _start("deepnet", _spectrum_argv(context.trained, out), "deepnet.spectrum", "spectrum",
-                  "    time.sleep(1.5)\n    return real(*args, **kwargs)")
+                  "    time.sleep(60)\n    return real(*args, **kwargs)")
     _wait_for(lambda: (out / RUN_FILE).exists(), proc)
-    time.sleep(2.0)  # inside the second operator
+    time.sleep(2.0)  # loading the checkpoint or inside the first (slowed) operator: never finished
     (out / ".results.json.stale.tmp").write_text("half")  # as a writer killed mid-write leaves it
     rc, left = _kill(proc, sig)
     assert rc != 0 and left == []

@@ -15,6 +15,9 @@ and a single float64 column (where BLAS is best) take the plain torch path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numba
 import numpy as np
 import torch
@@ -64,10 +67,26 @@ def _fused(*tensors: torch.Tensor) -> bool:
     return not single_float64 and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
 
 
+@contextmanager
+def _torch_thread_count() -> Iterator[None]:
+    """Run a kernel on torch's thread count and leave that count as it was: Numba's
+    OpenMP layer shares the OpenMP runtime with torch, and its first launch would
+    otherwise set torch's count to Numba's (so that the same call in one process gave
+    float32 numbers differing in the last bits before and after a kernel ran)."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def column_dots(X: torch.Tensor, Y: torch.Tensor) -> np.ndarray:
     """``(x_j^T y_j)_j`` in float64 for ``(p, s)`` tensors ``X, Y``."""
     if _fused(X, Y):
-        return _dots(X.numpy(), Y.numpy())
+        with _torch_thread_count():
+            return _dots(X.numpy(), Y.numpy())
     if X.shape[1] == 1 and X.dtype == torch.float64:
         return torch.dot(X[:, 0], Y[:, 0]).reshape(1).cpu().numpy()
     return (X * Y).sum(dim=0, dtype=torch.float64).cpu().numpy()
@@ -77,7 +96,8 @@ def recurrence_step(W: torch.Tensor, Q: torch.Tensor, Q_prev: torch.Tensor, a: n
     """In place ``W <- W - Q diag(a) - Q_prev diag(b)``; returns ``|w_j|^2`` in float64."""
     if _fused(W, Q, Q_prev):
         np_dtype = W.numpy().dtype
-        return _step(W.numpy(), Q.numpy(), Q_prev.numpy(), a.astype(np_dtype), b.astype(np_dtype))
+        with _torch_thread_count():
+            return _step(W.numpy(), Q.numpy(), Q_prev.numpy(), a.astype(np_dtype), b.astype(np_dtype))
     a_t = torch.as_tensor(a, dtype=W.dtype, device=W.device)[None, :]
     b_t = torch.as_tensor(b, dtype=W.dtype, device=W.device)[None, :]
     W.addcmul_(Q, a_t, value=-1.0).addcmul_(Q_prev, b_t, value=-1.0)
