@@ -21,33 +21,13 @@ import time
 import numpy as np
 import torch
 
-from theory.operators import SymmetricOperator
+from theory.operators import CountedOperator, SymmetricOperator
 from theory.spectral import (
     gaussian_smooth,
     kernel_width,
     spectral_density,
     top_eigenpairs,
 )
-
-
-class TimedOperator(SymmetricOperator):
-    """Wraps an operator and accumulates the wall time and columns of its products."""
-
-    def __init__(self, base: SymmetricOperator):
-        super().__init__(base.size, base.dtype, base.device)
-        self.base = base
-        self.reset()
-
-    def reset(self) -> None:
-        self.seconds, self.columns, self.calls = 0.0, 0, 0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        t = time.perf_counter()
-        out = self.base.matmat(V)
-        self.seconds += time.perf_counter() - t
-        self.columns += V.shape[1]
-        self.calls += 1
-        return out
 
 
 class Diagonal(SymmetricOperator):
@@ -128,7 +108,7 @@ def curvlinops_adapter(op: SymmetricOperator):
     return Adapter()
 
 
-def row(name: str, timed: TimedOperator, total: float, extra: str = "") -> str:
+def row(name: str, timed: CountedOperator, total: float, extra: str = "") -> str:
     return (
         f"{name:<38s} {total:8.3f} s  products {timed.seconds:8.3f} s ({timed.columns:5d} columns, "
         f"{timed.calls:4d} calls)  overhead {total / timed.seconds - 1:7.1%}  {extra}"
@@ -146,7 +126,7 @@ def main() -> None:
     eigenvalues = d.numpy()
     print(f"p = {p}, num_steps = {m}, torch threads = {torch.get_num_threads()}, float64\n")
     for name, base in (("diagonal", Diagonal(d)), (f"householder x{args.reflections}", Householder(d, args.reflections))):
-        timed = TimedOperator(base)
+        timed = CountedOperator(base)
         v = torch.randn(p, 1, dtype=torch.float64)
         timed.matmat(v)
         t1 = timed.seconds

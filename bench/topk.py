@@ -31,19 +31,7 @@ from deepnet.models import MLP
 from deepnet.operators import EmpiricalRisk, HessianOperator
 from theory.eigenpairs import top_eigenpairs
 from theory.lanczos import estimate_bounds, random_block
-from theory.operators import SymmetricOperator
-
-
-class CountingOperator(SymmetricOperator):
-    """Wraps an operator and counts the columns of its products."""
-
-    def __init__(self, base: SymmetricOperator):
-        super().__init__(base.size, base.dtype, base.device)
-        self.base, self.columns = base, 0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        self.columns += V.shape[1]
-        return self.base.matmat(V)
+from theory.operators import CountedOperator, SymmetricOperator
 
 
 def old_subspace_iteration(op: SymmetricOperator, k: int, tol: float, max_iterations: int, seed: int = 0):
@@ -109,7 +97,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     hessian, hessian64 = digits_hessians(args.width, args.depth, dtype, args.epochs, seed=0)
-    op = CountingOperator(hessian)
+    op = CountedOperator(hessian)
     k, tol = args.k, args.tol
     print(f"Hessian of an MLP on digits: P = {op.size}, {args.dtype}, k = {k}, tol = {tol:g}, {args.threads} thread(s)")
 

@@ -36,11 +36,10 @@ from theory.checks import check_int
 from theory.density import DensitySettings, SpectralDensity, bulk_quadrature
 from theory.eigenpairs import Eigenpairs, top_eigenpairs
 from theory.figures import new_figure
-from theory.operators import SymmetricOperator
+from theory.operators import CountedOperator, SymmetricOperator
 from theory.structure import CrossClassDecomposition, LowRankPart
 
 __all__ = [
-    "CountedOperator",
     "GradientAttribution",
     "HessianStructure",
     "Hierarchy",
@@ -58,21 +57,6 @@ __all__ = [
 
 KNOCKOUTS = ("class", "cross", "within", "diag", "class+diag")
 _COLOURS = {"class": "tab:blue", "cross": "tab:orange", "within": "tab:green", "diag": "tab:purple", "class+diag": "tab:red"}
-
-
-class CountedOperator(SymmetricOperator):
-    """``A`` itself, counting the product columns and the seconds spent in them."""
-
-    def __init__(self, base: SymmetricOperator):
-        super().__init__(base.size, base.dtype, base.device)
-        self.base, self.columns, self.seconds = base, 0, 0.0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
-        out = self.base.matmat(V)
-        self.columns += V.shape[1]
-        self.seconds += time.perf_counter() - start
-        return out
 
 
 # ----------------------------------------------------------------------------- the hierarchy

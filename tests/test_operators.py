@@ -8,6 +8,7 @@ import torch
 
 from theory.operators import (
     CallableOperator,
+    CountedOperator,
     DenseOperator,
     ProjectedOperator,
     as_operator,
@@ -166,3 +167,20 @@ def test_symmetry_probe_judges_round_off_against_the_operator_scale():
     ):
         with pytest.raises(ValueError, match="not symmetric"):
             check_symmetric(op)
+
+
+def test_counted_operator_counts_and_keeps_the_scale_of_the_terms():
+    """A counted low-rank update gives the same products and the same term scale as the
+    update itself (so the symmetry probe judges both alike), and counts columns and calls."""
+    gen = torch.Generator().manual_seed(0)
+    U = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    A = as_operator(torch.eye(30, dtype=torch.float64)).low_rank_update(U, [2.0, -1.0, 0.5])
+    counted = CountedOperator(A)
+    V = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    out, scale = counted.matmat_with_scale(V)
+    ref, ref_scale = A.matmat_with_scale(V)
+    assert torch.equal(out, ref) and torch.equal(scale, ref_scale)
+    assert torch.equal(counted.matmat(V[:, 0]), A.matmat(V[:, 0]))
+    assert (counted.columns, counted.calls) == (5, 2) and counted.seconds >= 0.0
+    counted.reset()
+    assert (counted.columns, counted.calls, counted.seconds) == (0, 0, 0.0)

@@ -17,6 +17,7 @@ result that shares memory with the input (an identity map, say) is copied by
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 
 __all__ = [
     "CallableOperator",
+    "CountedOperator",
     "DenseOperator",
     "LinearCombination",
     "LowRankUpdate",
@@ -361,6 +363,31 @@ class ProjectedOperator(SymmetricOperator):
         k = V.shape[1]
         both, scales = self.base.matmat_with_scale(torch.cat([self._project(V), V], dim=1))
         return self._project(both[:, :k]), scales[:k] + scales[k:]
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._product(V)[0]
+
+
+class CountedOperator(SymmetricOperator):
+    """``A`` itself, counting its products: ``columns`` (columns of ``V``), ``calls`` and the
+    ``seconds`` spent in them (``reset()`` zeroes them). Products keep the scale of
+    ``A``'s terms, so the symmetry probe judges a wrapped composite as it judges ``A``."""
+
+    def __init__(self, base: SymmetricOperator):
+        super().__init__(base.size, base.dtype, base.device)
+        self.base = base
+        self.reset()
+
+    def reset(self) -> None:
+        self.columns, self.calls, self.seconds = 0, 0, 0.0
+
+    def _product(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        out, scale = self.base.matmat_with_scale(V)
+        self.columns += V.shape[1]
+        self.calls += 1
+        self.seconds += time.perf_counter() - start
+        return out, scale
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._product(V)[0]

@@ -14,27 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from .checks import check_int
 from .density import DensitySettings, SpectralDensity, bulk_quadrature, density_settings
 from .eigenpairs import Eigenpairs, top_eigenpairs
-from .operators import SymmetricOperator, as_operator
+from .operators import CountedOperator, as_operator
 from .results import to_jsonable
 
 __all__ = ["Spectrum", "spectrum"]
-
-
-class _Counted(SymmetricOperator):
-    """``A`` itself, counting the product columns it computes."""
-
-    def __init__(self, base: SymmetricOperator):
-        super().__init__(base.size, base.dtype, base.device)
-        self.base, self.columns = base, 0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        self.columns += V.shape[1]
-        return self.base.matmat(V)
 
 
 @dataclass(frozen=True)
@@ -93,7 +80,7 @@ def spectrum(
     op = as_operator(op)
     k = check_int("k", k, 1, op.size - 2, what="(outliers; at least 2 dimensions must remain for the bulk)")
     check_int("num_steps", settings.num_steps, 2, op.size, what="(the operator's dimension)")
-    counted = _Counted(op)
+    counted = CountedOperator(op)
     top = top_eigenpairs(counted, k, seed=settings.seed, check_symmetry=check_symmetry, show_progress=show_progress,
                          **eigen_options)
     _, values, q = bulk_quadrature(counted, top, settings, check_symmetry=False, show_progress=show_progress)
