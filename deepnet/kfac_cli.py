@@ -42,6 +42,7 @@ from theory.operators import SymmetricOperator
 from theory.runs import RunFolder
 from theory.spectrum import Spectrum, spectrum
 
+from .analysis import default_out, load_analysis
 from .kfac import FISHER_TYPES, KFACFactors, LayerFactors, kfac_factors
 from .operators import EmpiricalRisk, GaussNewtonOperator
 
@@ -239,9 +240,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import dataset_from_config
-    from .train import load_checkpoint
-
     batch_size = check_int("--batch-size", args.batch_size, 1)
     mc_samples = check_int("--mc-samples", args.mc_samples, 1)
     probes = check_int("--probes", args.probes, 1)
@@ -253,13 +251,10 @@ def run(args: argparse.Namespace) -> int:
                                num_repeats=check_int("--num-repeats", args.num_repeats, 1), seed=seed)
     outliers = None if args.outliers is None else check_int("--outliers", args.outliers, 1)
     checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out else Path("runs") / f"kfac-{(checkpoint if checkpoint.is_dir() else checkpoint.parent).resolve().name}"
-    model, config, _ = load_checkpoint(checkpoint, device=args.device)
-    bundle = dataset_from_config(config, device=next(model.parameters()).device)
-    part = bundle.train if args.split == "train" else bundle.test
-    order = torch.argsort(part.labels.cpu(), stable=True).to(part.labels.device)  # class-pure batches
-    risk = EmpiricalRisk(model, (part.images[order], part.labels[order]), batch_size=batch_size,
-                         num_classes=bundle.num_classes, dtype=torch.float64 if args.float64 else None)
+    out = default_out("kfac", checkpoint, args.out)
+    model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device, sort_by_class=True)
+    risk = EmpiricalRisk(model, data, batch_size=batch_size, num_classes=num_classes,
+                         dtype=torch.float64 if args.float64 else None)
     k = risk.num_classes**2 if outliers is None else outliers
     start = time.perf_counter()
     print(f"kfac: factors of {risk.num_data} examples ({risk.num_classes} classes, {args.fisher} Fisher)", flush=True)
@@ -267,8 +262,8 @@ def run(args: argparse.Namespace) -> int:
     layers = {}
     for name, layer in factors.layers.items():
         print(f"kfac: spectra of {name} (P = {layer.size})", flush=True)
-        G = GaussNewtonOperator(EmpiricalRisk(model, (part.images[order], part.labels[order]), batch_size=batch_size,
-                                              params=list(layer.params), num_classes=bundle.num_classes, dtype=risk.dtype))
+        G = GaussNewtonOperator(EmpiricalRisk(model, data, batch_size=batch_size,
+                                              params=list(layer.params), num_classes=num_classes, dtype=risk.dtype))
         layers[name] = compare_layer(G, layer, settings, k=k, num_probes=probes, tol=tol, block_size=block_size,
                                      max_iterations=max_iterations)
     seconds = time.perf_counter() - start

@@ -31,6 +31,7 @@ import torch
 from theory.checks import check_int, check_real
 from theory.runs import RunFolder
 
+from .analysis import default_out, load_analysis
 from .kronecker import KroneckerStructure, kronecker_structure
 from .layers import (
     CONV_FEATURES,
@@ -252,9 +253,6 @@ def layers_report(
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import dataset_from_config
-    from .train import load_checkpoint
-
     batch_size = check_int("--batch-size", args.batch_size, 1)
     dense_limit = check_int("--dense-limit", args.dense_limit, 1)
     seed = check_int("--seed", args.seed, 0)
@@ -262,13 +260,10 @@ def run(args: argparse.Namespace) -> int:
     if args.weight_decay is not None:
         check_real("--weight-decay", args.weight_decay, 0.0)
     checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out else Path("runs") / f"layers-{(checkpoint if checkpoint.is_dir() else checkpoint.parent).resolve().name}"
-    model, config, _ = load_checkpoint(checkpoint, device=args.device)
-    bundle = dataset_from_config(config, device=next(model.parameters()).device)
-    part = bundle.train if args.split == "train" else bundle.test
-    order = torch.argsort(part.labels.cpu(), stable=True).to(part.labels.device)  # class-pure batches
-    risk = EmpiricalRisk(model, (part.images[order], part.labels[order]), batch_size=batch_size,
-                         num_classes=bundle.num_classes, dtype=torch.float64 if args.float64 else None)
+    out = default_out("layers", checkpoint, args.out)
+    model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device, sort_by_class=True)
+    risk = EmpiricalRisk(model, data, batch_size=batch_size, num_classes=num_classes,
+                         dtype=torch.float64 if args.float64 else None)
     weighted = not args.unweighted
     start = time.perf_counter()
     print(f"layers: features and errors of {risk.num_data} examples ({risk.num_classes} classes)", flush=True)

@@ -31,10 +31,18 @@ from torch import nn
 
 from theory.checks import check_int, check_real
 from theory.density import DensitySettings, density_settings
-from theory.figures import FONT, figure_legend, log_limits, new_figure, spectrum_panel, spectrum_shares
+from theory.figures import (
+    FONT,
+    figure_legend,
+    log_limits,
+    new_figure,
+    spectrum_panel,
+    spectrum_shares,
+)
 from theory.runs import RunFolder, claim_run
 from theory.spectrum import Spectrum, spectrum
 
+from .analysis import default_out, load_analysis
 from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
 
 __all__ = ["Spectra", "compute_spectra", "spectra_figure", "spectra_report", "add_arguments", "run"]
@@ -281,17 +289,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the random starts of the eigenpairs and the Lanczos runs (default: 0)")
 
 
-def _load(checkpoint: str, split: str, device: str | None) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], int, Any]:
-    """The checkpoint's model (eval mode) and the data split it is analysed on."""
-    from .data import dataset_from_config
-    from .train import load_checkpoint
-
-    model, config, _ = load_checkpoint(checkpoint, device=device)
-    bundle = dataset_from_config(config, device=next(model.parameters()).device)
-    part = bundle.train if split == "train" else bundle.test
-    return model, (part.images, part.labels), bundle.num_classes, config
-
-
 def run(args: argparse.Namespace) -> int:
     _check_settings(args.operator, args.num_outliers, args.tol, args.max_iterations, args.which, args.method)
     density = DensitySettings(num_steps=args.num_steps, num_repeats=args.num_repeats, kappa=args.kappa, eps=args.eps,
@@ -299,8 +296,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: expected a positive integer, got {args.batch_size}")
     checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out else Path("runs") / f"spectrum-{(checkpoint if checkpoint.is_dir() else checkpoint.parent).resolve().name}"
-    model, data, num_classes, config = _load(str(checkpoint), args.split, args.device)
+    out = default_out("spectrum", checkpoint, args.out)
+    model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device)
     settings = {k: v for k, v in vars(args).items() if k not in ("device", "out")}
     settings["checkpoint"] = str(checkpoint.resolve())
     with claim_run(out, "deepnet spectrum", settings) as folder:  # before any product: a bad --out costs nothing

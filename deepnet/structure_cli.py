@@ -27,6 +27,7 @@ from theory.density import DensitySettings
 from theory.progress import progress
 from theory.runs import RunFolder
 
+from .analysis import default_out, load_analysis
 from .operators import METHODS, EmpiricalRisk, curvature_operator
 from .passes import gradient_sums
 from .structure import decompose_gradients, layer_parameters, restricted_risk
@@ -250,12 +251,10 @@ def report_markdown(results: dict[str, Any], source: str = "") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .spectrum import _load
-
     density = _check(args)
     checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out else Path("runs") / f"structure-{(checkpoint if checkpoint.is_dir() else checkpoint.parent).resolve().name}"
-    model, data, num_classes, config = _load(str(checkpoint), args.split, args.device)
+    out = default_out("structure", checkpoint, args.out)
+    model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device)
     risk = EmpiricalRisk(model, data, batch_size=args.batch_size, num_classes=num_classes,
                          dtype=torch.float64 if args.float64 else None)
     results = structure_report(
