@@ -50,6 +50,7 @@ from torch import nn
 
 from theory.attribution import AttributionReport, attribute_decomposition
 from theory.checks import ArgumentError, check_choice, check_flag, check_int
+from theory.progress import progress
 from theory.results import to_jsonable
 from theory.spectral import top_eigenpairs
 from theory.structure import (
@@ -260,6 +261,7 @@ def layer_statistics(
     weighted: bool = True,
     vectorize: bool = True,
     dense_limit: int = 3072,
+    show_progress: bool = False,
 ) -> LayerStatistics:
     """Features and errors of every layer of ``risk.model`` (:func:`select_layers`),
     streamed into accumulators: one forward and ``C`` backward passes per example.
@@ -268,6 +270,7 @@ def layer_statistics(
     with unit weights). ``dense_limit``: layers with ``d <= dense_limit`` keep the dense
     second moments (``d x d``; the default covers a 32 x 32 x 3 input), wider ones re-run
     the passes per within-part product (the forward only for the features).
+    ``show_progress``: a progress bar over the class batches on standard error.
     """
     if not isinstance(risk, EmpiricalRisk):
         raise TypeError(f"risk: expected an EmpiricalRisk, got {type(risk).__name__}")
@@ -275,6 +278,7 @@ def layer_statistics(
     weighted = check_flag("weighted", weighted)
     vectorize = check_flag("vectorize", vectorize)
     dense_limit = check_int("dense_limit", dense_limit, 1)
+    show_progress = check_flag("show_progress", show_progress)
     modules = select_layers(risk.model, layers)
     groups = parameter_groups(risk.model, list(risk.names))
     C = risk.num_classes
@@ -282,7 +286,11 @@ def layer_statistics(
     errs: dict[str, CrossClassAccumulator] = {}
     true: dict[str, torch.Tensor] = {}
     dense: dict[str, tuple[bool, bool]] = {}
-    for batch, out in layer_passes(risk, modules, conv=conv, vectorize=vectorize):
+    passes = layer_passes(risk, modules, conv=conv, vectorize=vectorize)
+    if show_progress:  # one item per class batch: the labels of every batch, counted without a forward
+        total = sum(len(torch.unique(y)) for _x, y in risk._raw_batches())
+        passes = progress(passes, total=total, desc=f"features and errors of {len(modules)} layers (1 forward + {C} backward per batch)")
+    for batch, out in passes:
         labels = torch.full((batch.probs.shape[0],), batch.label, dtype=torch.int64, device=batch.probs.device)
         for name, (h, d) in out.items():
             if name not in feats:
@@ -430,16 +438,19 @@ def _separation(view: FeatureDecomposition, total: FeatureDecomposition | CrossC
     )
 
 
-def layer_separation(stats: LayerStatistics, *, seed: int = 0) -> SeparationWithDepth:
+def layer_separation(stats: LayerStatistics, *, seed: int = 0, show_progress: bool = False) -> SeparationWithDepth:
     """Per layer the :class:`Separation` of the features (``Sigma_B``, ``Sigma_W`` of
     ``theory.structure``) and of the errors (:func:`error_class_view`: between = the
     centred error class means, within = the within-cell part). ``seed``: for the
-    matrix-free spectra of layers wider than ``stats.dense_limit``."""
+    matrix-free spectra of layers wider than ``stats.dense_limit``. ``show_progress``: a
+    progress bar over the layers on standard error."""
     if not isinstance(stats, LayerStatistics):
         raise TypeError(f"stats: expected LayerStatistics, got {type(stats).__name__}")
     seed = check_int("seed", seed, 0)
+    show_progress = check_flag("show_progress", show_progress)
     out = {}
-    for name, layer in stats.layers.items():
+    bar = progress(stats.layers.items(), total=len(stats.layers), desc="separation measures and spectra per layer", enabled=show_progress)
+    for name, layer in bar:
         f, e = layer.features, layer.errors
         out[name] = LayerSeparation(
             name=name,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from theory.checks import check_int, check_real
+from theory.progress import progress
 from theory.runs import RunFolder
 
 from .analysis import default_out, load_analysis
@@ -267,9 +268,9 @@ def run(args: argparse.Namespace) -> int:
     weighted = not args.unweighted
     start = time.perf_counter()
     print(f"layers: features and errors of {risk.num_data} examples ({risk.num_classes} classes)", flush=True)
-    stats = layer_statistics(risk, args.layers, conv=args.conv, weighted=weighted, dense_limit=dense_limit)
+    stats = layer_statistics(risk, args.layers, conv=args.conv, weighted=weighted, dense_limit=dense_limit, show_progress=True)
     print("layers: separation measures and spectra", flush=True)
-    sep = layer_separation(stats, seed=seed)
+    sep = layer_separation(stats, seed=seed, show_progress=True)
     eligible = [n for n, layer in stats.layers.items() if layer.params and (layer.kind == "linear" or stats.conv == "patches")]
     print("layers: gradient means and Kronecker cosines", flush=True)
     kron = weights = None
@@ -279,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         weights = weight_structure(risk, stats, eta, layers=eligible) if eta > 0 else None
     reports: dict[str, dict[str, Any]] = {}
     skipped = {}
-    for layer in stats.layers if args.attribution else ():
+    for layer in progress(stats.layers, desc="spectral attribution per layer (features, errors)") if args.attribution else ():
         for which in ("features", "errors"):
             try:
                 reports.setdefault(layer, {}).update(layer_attribution(stats, [layer], [which], seed=seed, density=density)[layer])

@@ -416,6 +416,9 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
     assert results["separation"]["layers"]["layers.4"]["features"]["method"] == "dense"
     assert results["weights"]["weight_decay"] == config.weight_decay
     assert "| layers.4 | 12 | 12 | errors |" in (out / "report.md").read_text()
+    err = capsys.readouterr().err  # progress bars name what they compute and end at their totals
+    assert "features and errors of 3 layers (1 forward + 10 backward per batch)" in err and "] 12/12 " in err  # 60 class-sorted examples in batches of 25
+    assert "separation measures and spectra per layer" in err and "] 3/3 " in err
     assert main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "attr"), "--device", "cpu",
                  "--layers", "layers.1", "layers.4", "--attribution", "--num-steps", "16", "--num-repeats", "1"]) == 0
     report = (tmp_path / "attr" / "report.md").read_text()
@@ -444,3 +447,40 @@ def test_layer_attribution_and_conv_weights():
     ws = weight_structure(crisk, layer_statistics(crisk, conv="patches"), 1e-3)
     assert list(ws.layers) == ["0", "3", "6"] and ws.layers["3"].shape == (3, 2, 3, 3)
     assert ws.layers["3"].singular_values.size == 3 and 0 <= ws.layers["3"].top_share <= 1 + 1e-12
+
+
+def _neural_collapse_numpy(h: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
+    """The neural-collapse measures straight from the raw features ``h`` (N, d), in plain
+    numpy: ``Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T``, ``Sigma_B =
+    sum_c pi_c (mu_c - mu_G)(mu_c - mu_G)^T``, ``tr(Sigma_W Sigma_B^+) / C`` (NC1) and the
+    mean ``|cos|`` between the centred class means, off the diagonal."""
+    N = h.shape[0]
+    pi = np.array([(y == c).mean() for c in range(num_classes)])
+    mu = np.stack([h[y == c].mean(0) for c in range(num_classes)])
+    mu_G = h.mean(0)
+    r = h - mu[y]
+    SW = r.T @ r / N
+    cb = mu - mu_G
+    SB = (cb * pi[:, None]).T @ cb
+    cos = cb @ cb.T / np.outer(np.linalg.norm(cb, axis=1), np.linalg.norm(cb, axis=1))
+    return {
+        "within_over_between": float(np.trace(SW @ np.linalg.pinv(SB, rcond=1e-10, hermitian=True)) / num_classes),
+        "trace_ratio": float(np.trace(SB) / np.trace(SW)),
+        "mean_abs_cosine": float(np.abs(cos[~np.eye(num_classes, dtype=bool)]).mean()),
+        "global_mean_share": float(mu_G @ mu_G / np.einsum("ij,ij->", h, h) * N),
+    }
+
+
+def test_separation_measures_equal_neural_collapse_reference_in_numpy():
+    """The feature separation measures against an independent numpy computation from the
+    raw per-example features (forward hooks of plain nn.Sequential slices, no toolkit code)."""
+    model, X, Y, risk = _setup("mlp", n=60, width=8)
+    sep = layer_separation(layer_statistics(risk))
+    y = Y.numpy()
+    for name, layer in sep.layers.items():
+        k = int(name)
+        h = model[:k](X).detach().numpy()
+        want = _neural_collapse_numpy(h, y, C)
+        for key in ("within_over_between", "trace_ratio", "mean_abs_cosine"):
+            np.testing.assert_allclose(getattr(layer.features, key), want[key], rtol=1e-9, err_msg=f"{name} {key}")
+        np.testing.assert_allclose(layer.global_mean_share, want["global_mean_share"], rtol=1e-9, err_msg=name)
