@@ -35,7 +35,7 @@ import inspect
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from theory.checks import check_int, check_real
+from theory.checks import ArgumentError, check_int, check_real
 from theory.figures import new_figure
 from theory.progress import progress
 from theory.runs import RunFolder, claim_run
@@ -68,6 +68,8 @@ __all__ = [
     "evaluate",
     "train",
     "lr_sweep",
+    "check_save_epochs",
+    "epoch_checkpoint",
     "load_checkpoint",
     "write_run",
     "add_arguments",
@@ -332,14 +334,18 @@ def train(
     stop_after: int | None = None,
     deterministic: bool = True,
     show_progress: bool = True,
+    save_epochs: Sequence[int] = (),
 ) -> TrainResult:
     """Train ``config`` with checkpoints in the folder ``out``; return the run so far.
 
     ``resume``: continue from ``out/checkpoint.pt`` if there is one (its
     configuration must equal ``config``); otherwise start over and overwrite it.
     ``stop_after``: run at most this many epochs in this call (a later call
-    resumes). ``deterministic``: see :func:`deterministic_mode`.
+    resumes). ``deterministic``: see :func:`deterministic_mode`. ``save_epochs``:
+    epochs (from 1, increasing, at most ``config.epochs``) after which a copy of the
+    checkpoint is also kept as ``epoch_XXX.pt`` (:func:`epoch_checkpoint`).
     """
+    save_epochs = check_save_epochs("save_epochs", save_epochs, config.epochs)
     if stop_after is not None:
         check_int("stop_after", stop_after, 0, what="or None")
     device = resolve_device(device)
@@ -392,10 +398,13 @@ def train(
                 "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": train_error,
                 "test_loss": test_loss, "test_error": test_error, "seconds": time.perf_counter() - began,
             })
-            folder.save_torch(CHECKPOINT, {
+            state = {
                 "format": _FORMAT, "config": config.to_dict(), "data": _data_info(data), "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            })
+            }
+            folder.save_torch(CHECKPOINT, state)
+            if epoch + 1 in save_epochs:
+                folder.save_torch(epoch_checkpoint(epoch + 1), state)
             folder.write_json(LOG, {"config": config, "history": history})
     model.eval()
     return _result(config, data, model, history, device, deterministic, checkpoint_path)
@@ -426,6 +435,24 @@ class Checkpoint(NamedTuple):
     model: nn.Module
     config: TrainConfig
     extra: dict[str, Any]
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    """The file name of the copy of the checkpoint kept after ``epoch`` (``save_epochs``)."""
+    return f"epoch_{epoch:03d}.pt"
+
+
+def check_save_epochs(name: str, value: Any, epochs: int) -> tuple[int, ...]:
+    """``value`` (a sequence of ints, or a string ``"E1,E2,..."``) as increasing epochs in ``[1, epochs]``."""
+    if isinstance(value, str):
+        try:
+            value = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ArgumentError(f"{name}: expected comma-separated epochs such as 5,10,20, got {value!r}") from None
+    found = tuple(check_int(name, v, 1, epochs, what=f"(an epoch of the {epochs} trained)") for v in value)
+    if any(b <= a for a, b in zip(found, found[1:])):
+        raise ArgumentError(f"{name}: expected increasing epochs, got {list(found)}")
+    return found
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device | None = None) -> Checkpoint:
@@ -648,6 +675,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--out", default=None, help="run folder (default runs/train-<dataset>-<model>-n<N>-s<seed>)")
     run_.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default %(default)s)")
     run_.add_argument("--no-resume", action="store_true", help="start over even if the run folder holds a checkpoint")
+    run_.add_argument("--save-epochs", default="", metavar="E1,E2,...",
+                      help="also keep the checkpoint after these epochs as epoch_XXX.pt in the run folder, e.g. 1,5,20 "
+                           "(default: none; for python -m deepnet sweep)")
     run_.add_argument("--stop-after", type=int, default=None, metavar="E", help="run at most E epochs now (resume later)")
     run_.add_argument("--nondeterministic", action="store_true", help="allow faster nondeterministic GPU kernels")
     run_.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -684,6 +714,7 @@ def run(args: argparse.Namespace) -> int:
     sweep_settings = _sweep_settings(args)
     if args.stop_after is not None:
         check_int("--stop-after", args.stop_after, 0)
+    save_epochs = check_save_epochs("--save-epochs", args.save_epochs, config.epochs)
     out = Path(args.out or f"runs/train-{config.dataset}-{config.model}-n{config.per_class or 'all'}-s{config.seed}")
     kwargs = dict(device=resolve_device(args.device), deterministic=not args.nondeterministic, show_progress=not args.quiet)
     settings = {"config": config.to_dict(), "lr_sweep": sweep_settings, "deterministic": not args.nondeterministic}
@@ -696,7 +727,7 @@ def run(args: argparse.Namespace) -> int:
                 best = Path(sweep.folders[sweep.best_index]) / CHECKPOINT
                 RunFolder(out).save_torch(CHECKPOINT, _read_checkpoint(best, "cpu", f"delete {best.parent} to redo it"))
                 resume = True
-        result = train(config, out, resume=resume, stop_after=args.stop_after, **kwargs)
+        result = train(config, out, resume=resume, stop_after=args.stop_after, save_epochs=save_epochs, **kwargs)
         write_run(out, result, sweep)
     print(f"final test error {result.final_test_error:.4f} after {len(result.epoch)} epochs; run folder: {out}")
     return 0
