@@ -21,6 +21,7 @@ COMMANDS = {
     "spectrum": ("deepnet.spectrum", "Hessian / G / E spectra of a trained checkpoint"),
     "structure": ("deepnet.structure_cli", "class / cross-class structure of G and the Hessian of a checkpoint"),
     "layers": ("deepnet.layers_cli", "features, errors, Kronecker structure and weights of a checkpoint layer by layer"),
+    "sweep": ("deepnet.sweep", "outliers, bump and bulk of G over saved epochs and training-set sizes (resumable)"),
     "kfac": ("deepnet.kfac_cli", "spectra of K-FAC and of its class-aware correction against G layer by layer"),
 }
 
