@@ -31,6 +31,7 @@ import torch
 from theory.checks import check_int, check_real
 from theory.progress import progress
 from theory.runs import RunFolder
+from theory.spectral import top_eigenpairs
 
 from .analysis import default_out, load_analysis
 from .kronecker import KroneckerStructure, kronecker_structure
@@ -41,7 +42,7 @@ from .layers import (
     layer_separation,
     layer_statistics,
 )
-from .operators import EmpiricalRisk
+from .operators import EmpiricalRisk, HessianOperator
 from .passes import gradient_sums
 from .weights import WeightStructure, weight_structure
 
@@ -74,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also attribute every layer's outliers / bump / bulk to the parts (slow for layers wider than --dense-limit)")
     parser.add_argument("--num-steps", type=int, default=128, help="Lanczos steps of the attribution densities (at most d)")
     parser.add_argument("--num-repeats", type=int, default=10, help="Lanczos runs per attribution density")
+    parser.add_argument("--compare", default=None, metavar="CHECKPOINT",
+                        help="a second checkpoint (e.g. the same network without batch norm, claim C7): report both runs' "
+                             "global-mean share of the features per layer and their top C Hessian outliers (default: none)")
 
 
 def _axes_by_depth(ax: Any, names: list[str]) -> None:
@@ -253,6 +257,30 @@ def layers_report(
     return "\n".join(lines)
 
 
+def hessian_outliers(risk: EmpiricalRisk, k: int, seed: int) -> np.ndarray:
+    """The top ``k`` eigenvalues of the Hessian of ``risk`` (:class:`HessianOperator`, Lanczos)."""
+    return top_eigenpairs(HessianOperator(risk), min(k, risk.size), seed=seed).eigenvalues
+
+
+def batch_norm_comparison(runs: dict[str, tuple[str, EmpiricalRisk, SeparationWithDepth]], seed: int) -> dict[str, dict[str, Any]]:
+    """Per run (label -> checkpoint path, risk and separation): ``global_mean_share = |mu_G|^2 / tr H^l`` of
+    every layer's features and the top ``C`` Hessian eigenvalues (claim C7)."""
+    return {
+        label: {"path": path, "global_mean_share": {n: layer.global_mean_share for n, layer in sep.layers.items()},
+                "hessian_outliers": hessian_outliers(risk, risk.num_classes, seed)}
+        for label, (path, risk, sep) in runs.items()
+    }
+
+
+def _comparison_text(comparison: dict[str, dict[str, Any]]) -> str:
+    lines = ["\n## Global mean and Hessian outliers of both runs (claim C7)\n"]
+    for label, entry in comparison.items():
+        shares = ", ".join(f"{n}: {v:.3f}" for n, v in entry["global_mean_share"].items())
+        top = ", ".join(f"{v:.4g}" for v in entry["hessian_outliers"])
+        lines.append(f"* {label} (`{entry['path']}`): global-mean share |mu_G|^2 / tr H per layer {shares}; top Hessian eigenvalues {top}")
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     batch_size = check_int("--batch-size", args.batch_size, 1)
     dense_limit = check_int("--dense-limit", args.dense_limit, 1)
@@ -265,6 +293,11 @@ def run(args: argparse.Namespace) -> int:
     model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device, sort_by_class=True)
     risk = EmpiricalRisk(model, data, batch_size=batch_size, num_classes=num_classes,
                          dtype=torch.float64 if args.float64 else None)
+    other = None
+    if args.compare is not None:  # loaded (and so checked) before the long work
+        model2, data2, num_classes2, _config2 = load_analysis(Path(args.compare), args.split, args.device, sort_by_class=True)
+        other = EmpiricalRisk(model2, data2, batch_size=batch_size, num_classes=num_classes2,
+                              dtype=torch.float64 if args.float64 else None)
     weighted = not args.unweighted
     start = time.perf_counter()
     print(f"layers: features and errors of {risk.num_data} examples ({risk.num_classes} classes)", flush=True)
@@ -286,6 +319,11 @@ def run(args: argparse.Namespace) -> int:
                 reports.setdefault(layer, {}).update(layer_attribution(stats, [layer], [which], seed=seed, density=density)[layer])
             except ValueError as error:  # e.g. too narrow for a bulk edge (d close to C)
                 skipped[f"{layer} {which}"] = str(error)
+    comparison = None
+    if other is not None:
+        print(f"layers: features of {args.compare} and the Hessian outliers of both runs", flush=True)
+        other_sep = layer_separation(layer_statistics(other, conv=args.conv, weighted=weighted, dense_limit=dense_limit), seed=seed)
+        comparison = batch_norm_comparison({"checkpoint": (str(checkpoint), risk, sep), "compare": (str(args.compare), other, other_sep)}, seed)
     seconds = time.perf_counter() - start
     name = f"{config.model} on {config.dataset} ({args.split})"
     folder = RunFolder(out)  # created only now: a run that fails above leaves nothing behind
@@ -293,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(checkpoint), "split": args.split, "config": config, "seconds": seconds,
         "settings": {"layers": args.layers, "conv": args.conv, "weighted": weighted, "batch_size": batch_size,
                      "dense_limit": dense_limit, "dtype": str(risk.dtype), "device": str(risk.device), "seed": seed},
-        "separation": sep, "kronecker": kron, "weights": weights,
+        "separation": sep, "kronecker": kron, "weights": weights, "compare": comparison,
     })
     folder.save_figure("separation.png", separation_figure(sep, f"Separation with depth: {name}"))
     folder.save_figure("spectra.png", spectra_figure(sep, f"Spectra of all layers: {name}"))
@@ -307,6 +345,8 @@ def run(args: argparse.Namespace) -> int:
             report.save(folder, prefix=f"attribution-{layer}-{which}")
             verdicts += [f"| {layer} | {which} | {f.feature} | {f.size} | {f.verdict} | {f.component or '-'} |" for f in report.features]
     text = layers_report(sep, kron, weights, f"Checkpoint `{checkpoint}` ({name}). ", seconds)
+    if comparison is not None:
+        text += _comparison_text(comparison)
     if args.attribution:
         text += "\nSpectral attribution (`attribution-<layer>-<features|errors>.md`):\n\n" + "\n".join(verdicts) + "\n"
         text += "".join(f"\n* {layer}: not attributed ({reason})" for layer, reason in skipped.items()) + "\n"

@@ -419,6 +419,16 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
     err = capsys.readouterr().err  # progress bars name what they compute and end at their totals
     assert "features and errors of 3 layers (1 forward + 10 backward per batch)" in err and "] 12/12 " in err  # 60 class-sorted examples in batches of 25
     assert "separation measures and spectra per layer" in err and "] 3/3 " in err
+    # --compare: both runs' global-mean shares and top Hessian eigenvalues (here the same run twice)
+    assert main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "cmp"), "--device", "cpu", "--float64",
+                 "--compare", str(tmp_path / "run"), "--batch-size", "25"]) == 0
+    compare = json.loads((tmp_path / "cmp" / "results.json").read_text())["compare"]
+    assert list(compare) == ["checkpoint", "compare"] and compare["checkpoint"] == compare["compare"]
+    shares = results["separation"]["layers"]
+    assert compare["checkpoint"]["global_mean_share"] == pytest.approx({n: v["global_mean_share"] for n, v in shares.items()}, rel=1e-10)
+    top = compare["checkpoint"]["hessian_outliers"]
+    assert len(top) == 10 and top == sorted(top, reverse=True) and top[0] > 0
+    assert "Global mean and Hessian outliers of both runs" in (tmp_path / "cmp" / "report.md").read_text()
     assert main(["layers", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "attr"), "--device", "cpu",
                  "--layers", "layers.1", "layers.4", "--attribution", "--num-steps", "16", "--num-repeats", "1"]) == 0
     report = (tmp_path / "attr" / "report.md").read_text()
