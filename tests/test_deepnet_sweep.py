@@ -88,3 +88,19 @@ def test_bad_input_is_named_before_any_work(tmp_path, capsys, bad, message):
         main(["sweep", "--out", str(tmp_path / "never"), *bad])
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_train_save_epochs_keeps_the_checkpoints_of_those_epochs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist-5k", "--per-class", "3", "--depth", "1", "--width", "4", "--epochs", "3",
+                 "--batch-size", "10", "--save-epochs", "1,3", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.pt")) == ["checkpoint.pt", "epoch_001.pt", "epoch_003.pt"]
+    first, last = load_checkpoint(out / "epoch_001.pt", "cpu"), load_checkpoint(out / "checkpoint.pt", "cpu")
+    assert first.extra["epochs_done"] == 1 and load_checkpoint(out / "epoch_003.pt", "cpu").extra["epochs_done"] == 3
+    w1, w3 = first.model.state_dict(), last.model.state_dict()
+    assert any(not torch.equal(w1[k], w3[k]) for k in w1)
+    assert all(torch.equal(v, load_checkpoint(out / "epoch_003.pt", "cpu").model.state_dict()[k]) for k, v in w3.items())
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--dataset", "mnist-5k", "--epochs", "3", "--save-epochs", "2,4", "--out", str(tmp_path / "never")])
+    assert stop.value.code == 2 and "--save-epochs: expected an integer in [1, 3]" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
