@@ -11,6 +11,7 @@ import torch
 from simulate.fisher import ExtendedGradients
 from simulate.mixtures import canonical_mixture
 from theory.attribution import (
+    _certificate,
     Component,
     _complement_trace,
     as_component,
@@ -233,6 +234,7 @@ def test_certificates_flag_a_false_rank_claim():
     lying = attribute(A, {"b": Component("b", 1, True, B, basis[:, :1])}, features={}, density=DENSITY, eigensolver="dense")
     sub = next(s for s in lying.spectra if s.kind == "subtraction")
     assert not sub.certificate.holds and sub.certificate.lower_violation > 1.0
+    assert sub.certificate.describe().startswith("VIOLATED") and "VIOLATED" in lying.summary()
 
 
 def test_attribute_bad_input():
@@ -459,3 +461,54 @@ def test_defaults_fit_a_small_operator_and_the_result_says_so():
     json.dumps(to_jsonable(report.settings), allow_nan=False)
     fitted = attribute_decomposition(decompose_features(h, labels), density=DENSITY)
     assert fitted.settings["density_clamped"] is None and fitted.settings["density"].num_steps == 64
+
+
+# --------------------------------------------------------------------------- num_top, saturation, progress
+
+
+def _spiked(p: int = 200, spikes: int = 10, seed: int = 6):
+    rng = np.random.default_rng(seed)
+    F = rng.standard_normal((p, spikes)) * np.linspace(3.0, 2.0, spikes)
+    return wishart(p, 400, seed=seed) + F @ F.T, F
+
+
+def test_saturated_counts_are_not_read_as_a_violated_certificate():
+    """A's count 4 saturated (4 computed, more above the threshold) and the knockout's 8:
+    the count bound n_sep(K) <= n_sep(A) fails only because n_sep(A) is a lower bound, so
+    the certificate must not read VIOLATED; the same counts unsaturated do, and so does
+    a broken eigenvalue bound even when saturated."""
+    top_a, res = np.array([9.0, 8.0, 7.0, 6.0]), np.zeros(4)
+    top_k = np.array([7.5, 6.5, 5.0, 4.5])
+    args = ("subtraction", 2, top_a, res, 4, top_k, res, 8, torch.float64)
+    saturated = _certificate(*args, saturated=True)
+    assert saturated.holds and not saturated.counts_checked
+    assert saturated.describe() == "eigenvalue bounds hold; counts not checked: lower bounds"
+    assert _certificate(*args).describe() == "VIOLATED"
+    broken = _certificate("subtraction", 2, top_a, res, 4, top_k + 3.0, res, 8, torch.float64, saturated=True)
+    assert broken.describe().startswith("VIOLATED")
+
+
+def test_knockouts_show_progress_and_unsaturated_certificates_are_checked(capsys):
+    A, F = _spiked(spikes=3)
+    basis = torch.linalg.qr(torch.as_tensor(F[:, :2]))[0]
+    comp = Component("b", 2, True, DenseOperator(torch.as_tensor(F[:, :2] @ F[:, :2].T)), basis)
+    report = attribute(A, {"b": comp}, features={}, density=DENSITY, eigensolver="dense", show_progress=True)
+    assert not report.edge.saturated and all(s.certificate.counts_checked for s in report.spectra[1:])
+    assert "knockout A - b" in capsys.readouterr().err
+
+
+def test_default_num_top_is_small_and_extended_only_when_saturated():
+    """Default: the outliers' rank + 8 (18 for C = 10, not the summed ranks + 16); an
+    operator whose separated count fills it is extended by doubling up to the cap."""
+    rng = np.random.default_rng(7)
+    C, n, d_ = 10, 40, 150
+    labels = np.repeat(np.arange(C), n)
+    h = rng.standard_normal((C, d_))[labels] * 3.0 + rng.standard_normal((C * n, d_))
+    report = attribute_decomposition(decompose_features(h, labels), density=DENSITY)
+    assert report.settings["num_top"] == C + 8 and not report.edge.saturated
+    assert report.verdict("outliers").component == "class"
+    A, F = _spiked(spikes=12)
+    basis = torch.linalg.qr(torch.as_tensor(F[:, :2]))[0]
+    comp = Component("b", 2, True, DenseOperator(torch.as_tensor(F[:, :2] @ F[:, :2].T)), basis)
+    extended = attribute(A, {"b": comp}, features={"spikes": "b"}, density=DENSITY, eigensolver="dense")
+    assert extended.settings["num_top"] == 18 and extended.edge.num_separated == 12 and not extended.edge.saturated
