@@ -163,7 +163,10 @@ def test_planted_ten_classes(tmp_path):
     v, labels, probs = planted(C=10, n=100, P=1000, class_size=2000, cross_size=2200)
     d = decompose_cross_class(v, labels, probs, second_moment=True)
     assert (d.class_part.rank, d.cross_part.rank) == (10, 80)
-    report = attribute_decomposition(d, density=DENSITY, eigensolver="dense")
+    small = attribute_decomposition(d, density=DENSITY, eigensolver="dense")  # default: the outliers only
+    assert small.settings["num_top"] == 18 and small.verdict("outliers").component == "class"
+    assert small.verdict("bump").verdict == "absent" and "raise num_top" in small.verdict("bump").evidence
+    report = attribute_decomposition(d, num_top=116, density=DENSITY, eigensolver="dense")  # C^2 + 16: the bump too
     check_planted(report, 10)
     # outlier eigenvalues sit above the class-part eigenvalues (the within part adds to them)
     out = np.sort(report.verdict("outliers").eigenvalues)[::-1]
@@ -180,7 +183,7 @@ def test_planted_without_outliers_invents_none(cross_size, separated):
     """Class means shrunk below the noise level: no outliers in truth."""
     v, labels, probs = planted(C=10, n=100, P=1000, class_size=2.0, cross_size=cross_size, seed=1)
     d = decompose_cross_class(v, labels, probs, second_moment=True)
-    report = attribute_decomposition(d, density=DENSITY, eigensolver="dense")
+    report = attribute_decomposition(d, num_top=116, density=DENSITY, eigensolver="dense")  # the bump needs C^2 + 16
     assert report.verdict("outliers").verdict == "absent"
     assert report.edge.num_separated == separated
     assert report.verdict("bump").verdict == ("attributable" if separated else "absent")
@@ -324,7 +327,7 @@ def test_theorem_fisher_reads_class_cross_within(C, D, n, s, a):
     """Thm 8.1: C outliers in the class-mean span (class + diag), C(C-2) bump eigenvalues of
     the cross means, the bulk of the within part."""
     d = theorem_decomposition(C, D, n, s, a)
-    report = attribute_decomposition(d, density={**DENSITY, "num_steps": min(64, C * D)}, eigensolver="dense")
+    report = attribute_decomposition(d, num_top=C * C + 16, density={**DENSITY, "num_steps": min(64, C * D)}, eigensolver="dense")
     out, bump, bulk = (report.verdict(f) for f in ("outliers", "bump", "bulk"))
     assert (out.verdict, out.size) == ("attributable", C) and out.component in ("class", "class+diag"), out.evidence
     assert (bump.verdict, bump.component, bump.size) == ("attributable", "cross", C * (C - 2)), bump.evidence

@@ -728,7 +728,9 @@ def attribute(
 
     ``num_top`` eigenpairs of ``A`` (default: the rank of the first feature's component,
     ``C`` for the class outliers, plus 8, doubled while every computed eigenvalue is
-    separated, up to the summed ranks of the low-rank components plus 16), and ``n_sep(A) + 8`` of each low-rank knockout
+    separated or the deflated density has eigenvalues above the bulk edge, up to the summed ranks of the low-rank components plus 16;
+    a bump below the top ``num_top`` is fitted as bulk, so to resolve it pass ``num_top`` above
+    the summed ranks of the features, e.g. ``C^2``), and ``n_sep(A) + 8`` of each low-rank knockout
     (``num_top`` of a full-rank one), come from
     :func:`theory.spectral.top_eigenpairs` (``eigensolver="subspace"``: block
     subspace iteration to relative residual ``eig_tol``, or a fixed
@@ -823,9 +825,12 @@ def attribute(
         pairs = top(A, num_top)
         deflated = bulk_density(A, pairs, settings=dens, check_symmetry=False)
         edge = estimate_bulk_edge(pairs.eigenvalues, p, bulk=deflated.bulk, margin=edge_margin, fit_fraction=fit_fraction)
-        if not (extend and edge.saturated and num_top < cap):
+        d = deflated.bulk  # eigenvalues above the threshold left in the deflated operator: the count is a lower bound
+        beyond = (p - num_top) * float(d.weights[d.nodes > edge.threshold].sum() / d.weights.sum())
+        if not (extend and (edge.saturated or beyond >= 0.5) and num_top < cap):
             break
-        say(f"all {num_top} computed eigenvalues are separated: extending to {min(2 * num_top, cap)}")
+        say(f"about {edge.num_separated + beyond:.0f} eigenvalues above the bulk edge, {num_top} computed: "
+            f"extending to {min(2 * num_top, cap)}")
         num_top = min(2 * num_top, cap)
     if zero_tol is None:
         zero_tol = 1e-6 * float(np.max(np.abs(pairs.eigenvalues)))
@@ -912,7 +917,9 @@ def attribute(
             verdicts.append(FeatureVerdict(
                 f, defined_by, 0, vals, "absent", None, [], [],
                 f"no eigenvalue above the threshold {thr:.4g} has at least {overlap_threshold:g} of its "
-                f"eigenvector in range({defined_by})" + (" outside the earlier features' ranges" if f != feat_names[0] else ""),
+                f"eigenvector in range({defined_by})" + (" outside the earlier features' ranges" if f != feat_names[0] else "")
+                + (f" among the {num_top} computed eigenpairs (range({defined_by}) has rank {comps[defined_by].rank}: "
+                   "raise num_top above the ranks of the features to resolve it)" if comps[defined_by].rank + 8 > num_top else ""),
                 {}, overlap,
             ))
             continue
