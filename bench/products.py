@@ -11,7 +11,8 @@ all jobs interleaved within each round so that machine load hits them alike.
 The last column is ``|ours - theirs| / |theirs|`` for one vector (curvlinops
 has no ``E``; its ``E v`` is ``H v - G v``, two products).
 
-Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 3] [--threads 1]``
+Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 2] [--threads 1]``; one
+table of both models (defaults: the README's 2 x 128 MLP and a VGG11 of width 8, hidden 64, P = 154k)
 (curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown).
 On a machine shared with other jobs use ``--threads 1``: oversubscribed intra-op
 threads make every timing erratic (there a gradient pass took 6x longer with 2
@@ -53,6 +54,14 @@ def curvlinops_products(model: nn.Module, risk: EmpiricalRisk, X: torch.Tensor, 
     }
 
 
+def curvlinops_available() -> bool:
+    try:
+        import curvlinops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def best_times(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Best wall time of each job over ``repeats`` interleaved rounds (after one warm-up)."""
     for job in jobs.values():
@@ -70,7 +79,9 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def bench_model(name: str, model: nn.Module, X: torch.Tensor, Y: torch.Tensor, args: argparse.Namespace) -> None:
+def bench_model(name: str, short: str, model: nn.Module, X: torch.Tensor, Y: torch.Tensor,
+                args: argparse.Namespace) -> list[list[str]]:
+    """Time every product of ``model`` and its gradient pass in one interleaved run; the table rows."""
     model = model.eval()
     risk = EmpiricalRisk(model, (X, Y), batch_size=args.batch_size)
     gen = torch.Generator().manual_seed(0)
@@ -109,21 +120,33 @@ def bench_model(name: str, model: nn.Module, X: torch.Tensor, Y: torch.Tensor, a
         ref = {"hessian": Hv, "G": Gv, "E": Hv - Gv}
         diffs = {label: f"{rel_diff(op.matmat(v), ref[peer[label]]):.1e}" for label, op in ours.items()}
 
-    print(f"\n== {name}: P = {risk.size:,} parameters, N = {risk.num_data} examples, batch {args.batch_size}, "
+    print(f"{name}: P = {risk.size:,} parameters, N = {risk.num_data} examples, batch {args.batch_size}, "
           f"{risk.dtype}, {risk.device}; one gradient pass {1e3 * grad:.1f} ms")
-    head = (f"{'product':<32s} {'columns':>7s} {'ours ms/col':>12s} {'/grad':>6s} {'curvlinops ms/col':>18s} {'/grad':>6s} "
-            f"{'ours/theirs':>11s} {'rel diff':>9s}")
-    print(head)
-    print("-" * len(head))
+    rows = []
     for cols_k in vectors:
         for label in ours:
             mine = t[f"ours {label} {cols_k}"] / cols_k
-            line = f"{label:<32s} {cols_k:7d} {1e3 * mine:12.1f} {mine / grad:6.2f}"
+            row = [short, label, f"{cols_k}", f"{1e3 * mine:.1f}", f"{mine / grad:.2f}"]
             if theirs is not None:
                 other = t[f"curvlinops {peer[label]} {cols_k}"] / cols_k
-                line += f" {1e3 * other:18.1f} {other / grad:6.2f} {mine / other:11.2f}"
-                line += f" {diffs[label]:>9s}" if cols_k == 1 else ""
-            print(line)
+                row += [f"{1e3 * other:.1f}", f"{other / grad:.2f}", f"{mine / other:.2f}", diffs[label] if cols_k == 1 else ""]
+            rows.append(row)
+    return rows
+
+
+def print_table(rows: list[list[str]], with_peer: bool) -> None:
+    """One table: every model's rows, times per column and as ratios to its own gradient pass."""
+    head = ["model", "product", "columns", "ours ms/col", "/grad"]
+    if with_peer:
+        head += ["curvlinops ms/col", "/grad", "ours/theirs", "rel diff"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    print("\n" + line(head))
+    print("-" * len(line(head)))
+    for r in rows:
+        print(line(r))
+    if not with_peer:
+        print("(curvlinops not installed: its columns are left out; pip install -e \".[bench]\")")
 
 
 def main() -> None:
@@ -131,13 +154,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist", help="a deepnet.data name (default fashion-mnist)")
     parser.add_argument("--root", default=None, help="data root (default: the usual places, see deepnet.data)")
     parser.add_argument("--per-class", type=int, default=50, help="training examples per class (default 50)")
-    parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=250, help="examples per batch (default 250)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds, best kept (default 2)")
     parser.add_argument("--columns", type=int, default=4, help="columns of the block product (default 4)")
-    parser.add_argument("--mlp-depth", type=int, default=4)
-    parser.add_argument("--mlp-width", type=int, default=512)
+    parser.add_argument("--mlp-depth", type=int, default=2, help="MLP hidden layers (default 2, the README's small MLP)")
+    parser.add_argument("--mlp-width", type=int, default=128, help="MLP width (default 128)")
     parser.add_argument("--cnn-width", type=int, default=8, help="VGG11 channel width (64 is the paper's)")
-    parser.add_argument("--cnn-hidden", type=int, default=128, help="VGG11 classifier width (4096 is the paper's)")
+    parser.add_argument("--cnn-hidden", type=int, default=64, help="VGG11 classifier width (default 64; 4096 is the paper's)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -154,8 +177,9 @@ def main() -> None:
     mlp = MLP(data.in_shape, data.num_classes, depth=args.mlp_depth, width=args.mlp_width).to(device)
     torch.manual_seed(args.seed)
     cnn = VGG11(data.in_shape, data.num_classes, width=args.cnn_width, hidden=args.cnn_hidden).to(device)
-    bench_model(f"MLP {args.mlp_depth} x {args.mlp_width} (BN)", mlp, X, Y, args)
-    bench_model(f"VGG11-BN width {args.cnn_width}, hidden {args.cnn_hidden}", cnn, X, Y, args)
+    rows = bench_model(f"MLP {args.mlp_depth} x {args.mlp_width} (BN)", "MLP", mlp, X, Y, args)
+    rows += bench_model(f"VGG11-BN width {args.cnn_width}, hidden {args.cnn_hidden}", "VGG11", cnn, X, Y, args)
+    print_table(rows, with_peer=curvlinops_available())
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +45,9 @@ from theory.spectrum import Spectrum, spectrum
 
 from .analysis import default_out, load_analysis
 from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
+from theory.operators import CountedOperator, SymmetricOperator
 
-__all__ = ["Spectra", "compute_spectra", "spectra_figure", "spectra_report", "add_arguments", "run"]
+__all__ = ["Spectra", "compute_spectra", "expected_products", "announce_products", "spectra_figure", "spectra_report", "add_arguments", "run"]
 
 LABELS = {"hessian": "Hessian", "G": "G", "E": "E"}
 
@@ -91,6 +93,25 @@ def _check_settings(
     return ops
 
 
+def expected_products(k: int, settings: DensitySettings, eigen_restarts: int = 4) -> int:
+    """Rough product count of one :func:`theory.spectrum.spectrum`: the density's
+    ``num_steps * num_repeats`` plus the eigenpairs' ``b + restarts * (b - k)`` with the
+    thick-restart basis ``b = max(2k, 20) + 2`` (a few restarts; more when eigenvalues cluster)."""
+    basis = max(2 * k, 20) + 2
+    return settings.num_steps * settings.num_repeats + basis + eigen_restarts * max(basis - k, 1)
+
+
+def announce_products(op: SymmetricOperator, count: int, label: str, seed: int = 0, stream: Any = None) -> float:
+    """Time one product of ``op`` (a random vector, through :class:`theory.operators.CountedOperator`)
+    and print ``label: about N products x T s = ~M min`` before a long computation; returns ``T``."""
+    counted = CountedOperator(op)
+    v = torch.randn(op.size, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    counted.matmat(v.to(dtype=op.dtype, device=op.device))
+    per = counted.seconds
+    print(f"{label}: about {count} products x {per:.3g} s = ~{count * per / 60:.1f} min", file=stream or sys.stderr, flush=True)
+    return per
+
+
 def compute_spectra(
     model: nn.Module,
     data: Any,
@@ -133,6 +154,8 @@ def compute_spectra(
     for kind in ops:
         start = time.perf_counter()
         op = curvature_operator(kind, risk, max_columns=max_columns, method=method)
+        if show_progress:  # before the long part: what it will cost, from one measured product
+            announce_products(op, expected_products(k, settings), f"spectrum {LABELS[kind]}", settings.seed)
         results.append(spectrum(op, k, settings, name=kind, which=which, tol=tol, max_iterations=max_iterations,
                                 show_progress=show_progress))
         seconds[kind] = time.perf_counter() - start

@@ -39,6 +39,8 @@ from theory.figures import new_figure
 from theory.operators import CountedOperator, SymmetricOperator
 from theory.structure import CrossClassDecomposition, LowRankPart
 
+from .spectrum import announce_products, expected_products
+
 __all__ = [
     "GradientAttribution",
     "HessianStructure",
@@ -184,6 +186,9 @@ def attribute_gradients(
     k = C * C if num_top is None else check_int("num_top", num_top, 1)
     density = DensitySettings(seed=seed) if density is None else density
     dec, counted = _counted(decomposition)
+    if show_progress:  # before the long part: A and each knockout (subtraction, and projection of a low-rank part)
+        spectra = 2 + 2 * len(decomposition.parts)
+        announce_products(counted.base, spectra * expected_products(k, density.clamped(dec.dim)), f"attribution of G ({name})", seed)
     start = time.perf_counter()
     report = attribute_decomposition(
         dec, num_top=k, eig_tol=eig_tol, max_iterations=max_iterations, density=density.clamped(dec.dim),

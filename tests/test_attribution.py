@@ -11,6 +11,7 @@ import torch
 from simulate.fisher import ExtendedGradients
 from simulate.mixtures import canonical_mixture
 from theory.attribution import (
+    _certificate,
     Component,
     _complement_trace,
     as_component,
@@ -162,7 +163,10 @@ def test_planted_ten_classes(tmp_path):
     v, labels, probs = planted(C=10, n=100, P=1000, class_size=2000, cross_size=2200)
     d = decompose_cross_class(v, labels, probs, second_moment=True)
     assert (d.class_part.rank, d.cross_part.rank) == (10, 80)
-    report = attribute_decomposition(d, density=DENSITY, eigensolver="dense")
+    small = attribute_decomposition(d, density=DENSITY, eigensolver="dense")  # default: the outliers only
+    assert small.settings["num_top"] == 18 and small.verdict("outliers").component == "class"
+    assert small.verdict("bump").verdict == "absent" and "raise num_top" in small.verdict("bump").evidence
+    report = attribute_decomposition(d, num_top=116, density=DENSITY, eigensolver="dense")  # C^2 + 16: the bump too
     check_planted(report, 10)
     # outlier eigenvalues sit above the class-part eigenvalues (the within part adds to them)
     out = np.sort(report.verdict("outliers").eigenvalues)[::-1]
@@ -179,7 +183,7 @@ def test_planted_without_outliers_invents_none(cross_size, separated):
     """Class means shrunk below the noise level: no outliers in truth."""
     v, labels, probs = planted(C=10, n=100, P=1000, class_size=2.0, cross_size=cross_size, seed=1)
     d = decompose_cross_class(v, labels, probs, second_moment=True)
-    report = attribute_decomposition(d, density=DENSITY, eigensolver="dense")
+    report = attribute_decomposition(d, num_top=116, density=DENSITY, eigensolver="dense")  # the bump needs C^2 + 16
     assert report.verdict("outliers").verdict == "absent"
     assert report.edge.num_separated == separated
     assert report.verdict("bump").verdict == ("attributable" if separated else "absent")
@@ -233,6 +237,7 @@ def test_certificates_flag_a_false_rank_claim():
     lying = attribute(A, {"b": Component("b", 1, True, B, basis[:, :1])}, features={}, density=DENSITY, eigensolver="dense")
     sub = next(s for s in lying.spectra if s.kind == "subtraction")
     assert not sub.certificate.holds and sub.certificate.lower_violation > 1.0
+    assert sub.certificate.describe().startswith("VIOLATED") and "VIOLATED" in lying.summary()
 
 
 def test_attribute_bad_input():
@@ -322,7 +327,7 @@ def test_theorem_fisher_reads_class_cross_within(C, D, n, s, a):
     """Thm 8.1: C outliers in the class-mean span (class + diag), C(C-2) bump eigenvalues of
     the cross means, the bulk of the within part."""
     d = theorem_decomposition(C, D, n, s, a)
-    report = attribute_decomposition(d, density={**DENSITY, "num_steps": min(64, C * D)}, eigensolver="dense")
+    report = attribute_decomposition(d, num_top=C * C + 16, density={**DENSITY, "num_steps": min(64, C * D)}, eigensolver="dense")
     out, bump, bulk = (report.verdict(f) for f in ("outliers", "bump", "bulk"))
     assert (out.verdict, out.size) == ("attributable", C) and out.component in ("class", "class+diag"), out.evidence
     assert (bump.verdict, bump.component, bump.size) == ("attributable", "cross", C * (C - 2)), bump.evidence
@@ -459,3 +464,54 @@ def test_defaults_fit_a_small_operator_and_the_result_says_so():
     json.dumps(to_jsonable(report.settings), allow_nan=False)
     fitted = attribute_decomposition(decompose_features(h, labels), density=DENSITY)
     assert fitted.settings["density_clamped"] is None and fitted.settings["density"].num_steps == 64
+
+
+# --------------------------------------------------------------------------- num_top, saturation, progress
+
+
+def _spiked(p: int = 200, spikes: int = 10, seed: int = 6):
+    rng = np.random.default_rng(seed)
+    F = rng.standard_normal((p, spikes)) * np.linspace(3.0, 2.0, spikes)
+    return wishart(p, 400, seed=seed) + F @ F.T, F
+
+
+def test_saturated_counts_are_not_read_as_a_violated_certificate():
+    """A's count 4 saturated (4 computed, more above the threshold) and the knockout's 8:
+    the count bound n_sep(K) <= n_sep(A) fails only because n_sep(A) is a lower bound, so
+    the certificate must not read VIOLATED; the same counts unsaturated do, and so does
+    a broken eigenvalue bound even when saturated."""
+    top_a, res = np.array([9.0, 8.0, 7.0, 6.0]), np.zeros(4)
+    top_k = np.array([7.5, 6.5, 5.0, 4.5])
+    args = ("subtraction", 2, top_a, res, 4, top_k, res, 8, torch.float64)
+    saturated = _certificate(*args, saturated=True)
+    assert saturated.holds and not saturated.counts_checked
+    assert saturated.describe() == "eigenvalue bounds hold; counts not checked: lower bounds"
+    assert _certificate(*args).describe() == "VIOLATED"
+    broken = _certificate("subtraction", 2, top_a, res, 4, top_k + 3.0, res, 8, torch.float64, saturated=True)
+    assert broken.describe().startswith("VIOLATED")
+
+
+def test_knockouts_show_progress_and_unsaturated_certificates_are_checked(capsys):
+    A, F = _spiked(spikes=3)
+    basis = torch.linalg.qr(torch.as_tensor(F[:, :2]))[0]
+    comp = Component("b", 2, True, DenseOperator(torch.as_tensor(F[:, :2] @ F[:, :2].T)), basis)
+    report = attribute(A, {"b": comp}, features={}, density=DENSITY, eigensolver="dense", show_progress=True)
+    assert not report.edge.saturated and all(s.certificate.counts_checked for s in report.spectra[1:])
+    assert "knockout A - b" in capsys.readouterr().err
+
+
+def test_default_num_top_is_small_and_extended_only_when_saturated():
+    """Default: the outliers' rank + 8 (18 for C = 10, not the summed ranks + 16); an
+    operator whose separated count fills it is extended by doubling up to the cap."""
+    rng = np.random.default_rng(7)
+    C, n, d_ = 10, 40, 150
+    labels = np.repeat(np.arange(C), n)
+    h = rng.standard_normal((C, d_))[labels] * 3.0 + rng.standard_normal((C * n, d_))
+    report = attribute_decomposition(decompose_features(h, labels), density=DENSITY)
+    assert report.settings["num_top"] == C + 8 and not report.edge.saturated
+    assert report.verdict("outliers").component == "class"
+    A, F = _spiked(spikes=12)
+    basis = torch.linalg.qr(torch.as_tensor(F[:, :2]))[0]
+    comp = Component("b", 2, True, DenseOperator(torch.as_tensor(F[:, :2] @ F[:, :2].T)), basis)
+    extended = attribute(A, {"b": comp}, features={"spikes": "b"}, density=DENSITY, eigensolver="dense")
+    assert extended.settings["num_top"] == 18 and extended.edge.num_separated == 12 and not extended.edge.saturated

@@ -104,3 +104,20 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
         main(["spectrum", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--kappa", "0.5"])
     assert "kappa: expected a finite number > 1" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_estimate_line_before_the_computation(make_mlp, capsys):
+    """With progress on, each operator first prints 'about N products x T s = ~M min', N the
+    density's steps x repeats plus the eigenpairs' estimate, T one measured product; the
+    count is of the same order as the products then used."""
+    from deepnet.spectrum import expected_products
+    from theory.density import DensitySettings
+
+    model, X, Y = make_mlp()
+    spectra = compute_spectra(model, (X, Y), operators=["G"], num_steps=10, num_repeats=2, tol=1e-6, show_progress=True)
+    err = capsys.readouterr().err
+    count = expected_products(3, DensitySettings(num_steps=10, num_repeats=2))
+    assert count == 10 * 2 + 22 + 4 * 19
+    line = next(l for l in err.splitlines() if l.startswith("spectrum G: about"))
+    assert f"about {count} products x " in line and line.endswith(" min")
+    assert 0.25 * count <= spectra["G"].num_products <= 4 * count

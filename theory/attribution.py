@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ import scipy.linalg
 import torch
 
 from .checks import check_real
+from .progress import progress
 from .figures import (
     COLORS,
     FONT,
@@ -284,7 +286,9 @@ class Certificate:
     """Weyl (subtraction of ``B >= 0``) or Cauchy interlacing (projection) checked on the
     computed eigenvalues ``theta``: ``theta_k(K) <= theta_k(A)`` and, for rank ``r``,
     ``theta_{k+r}(A) <= theta_k(K)``, each up to ``tolerance`` (residuals plus
-    round-off); and ``n_sep(A) - r <= n_sep(K) <= n_sep(A)``."""
+    round-off); and ``n_sep(A) - r <= n_sep(K) <= n_sep(A)``, checked only when neither
+    count is saturated (``counts_checked``; a saturated count is a lower bound, so a
+    failed count test would be an artefact of too few computed eigenvalues)."""
 
     kind: str
     rank: int | None
@@ -293,6 +297,14 @@ class Certificate:
     tolerance: float
     count_bounds: tuple[int, int]
     holds: bool
+    counts_checked: bool = True
+
+    def describe(self) -> str:
+        """``holds``, ``VIOLATED`` or, with saturated counts, the eigenvalue bounds' result
+        and that the counts were not checked."""
+        if self.counts_checked:
+            return "holds" if self.holds else "VIOLATED"
+        return ("eigenvalue bounds hold" if self.holds else "VIOLATED (eigenvalue bounds)") + "; counts not checked: lower bounds"
 
 
 @dataclass(frozen=True)
@@ -420,7 +432,7 @@ class AttributionReport:
             "|---|---|---|---|" + "---|" * sum(f.feature != "bulk" for f in self.features) + "---|",
         ]
         for s in self.spectra:
-            cert = "-" if s.certificate is None else ("holds" if s.certificate.holds else "VIOLATED")
+            cert = "-" if s.certificate is None else s.certificate.describe()
             ret = " | ".join(f"{s.retained.get(f.feature, float('nan')):.2f}" for f in self.features if f.feature != "bulk")
             own = "*" if s.edge is not None else ""
             lines.append(f"| {s.name} | {s.threshold:.4g}{own} | {s.num_separated}{'+' if s.saturated else ''} | {s.bulk_mass:.3f} | {ret} | {cert} |")
@@ -526,7 +538,8 @@ def _retained(U_sep: torch.Tensor, U_feature: torch.Tensor) -> float:
     return float((M * M).sum()) / U_feature.shape[1]
 
 
-def _certificate(kind: str, rank: int | None, top_a, res_a, n_a: int, top_k, res_k, n_k: int, dtype) -> Certificate:
+def _certificate(kind: str, rank: int | None, top_a, res_a, n_a: int, top_k, res_k, n_k: int, dtype,
+                 saturated: bool = False) -> Certificate:
     scale = float(np.max(np.abs(top_a))) if top_a.size else 0.0
     rel = 100.0 * float(torch.finfo(dtype).eps) * max(scale, 1e-300)
     m = min(top_a.size, top_k.size)
@@ -540,7 +553,8 @@ def _certificate(kind: str, rank: int | None, top_a, res_a, n_a: int, top_k, res
             i = idx[ok]
             lower = float(np.max(top_a[i + rank] - top_k[i] - (res_a[i + rank] + res_k[i] + rel)))
     low_count = n_a - rank if rank is not None else 0
-    holds = upper <= 0 and (lower is None or lower <= 0) and (max(low_count, 0) <= n_k <= n_a)
+    counts_ok = saturated or max(low_count, 0) <= n_k <= n_a  # saturated counts are lower bounds: not tested
+    holds = upper <= 0 and (lower is None or lower <= 0) and counts_ok
     return Certificate(
         kind=kind,
         rank=rank,
@@ -549,6 +563,7 @@ def _certificate(kind: str, rank: int | None, top_a, res_a, n_a: int, top_k, res
         tolerance=float(np.max(tol_upper, initial=rel)),
         count_bounds=(max(low_count, 0), n_a),
         holds=bool(holds),
+        counts_checked=not saturated,
     )
 
 
@@ -711,8 +726,11 @@ def attribute(
     vector of length ``p`` (the sum of the class means) reported as a
     :class:`CommonMode`, or None.
 
-    ``num_top`` eigenpairs of ``A`` (default: the summed ranks of the low-rank
-    components plus 16), and ``n_sep(A) + 8`` of each low-rank knockout
+    ``num_top`` eigenpairs of ``A`` (default: the rank of the first feature's component,
+    ``C`` for the class outliers, plus 8, doubled while every computed eigenvalue is
+    separated or the deflated density has eigenvalues above the bulk edge, up to the summed ranks of the low-rank components plus 16;
+    a bump below the top ``num_top`` is fitted as bulk, so to resolve it pass ``num_top`` above
+    the summed ranks of the features, e.g. ``C^2``), and ``n_sep(A) + 8`` of each low-rank knockout
     (``num_top`` of a full-rank one), come from
     :func:`theory.spectral.top_eigenpairs` (``eigensolver="subspace"``: block
     subspace iteration to relative residual ``eig_tol``, or a fixed
@@ -772,8 +790,11 @@ def attribute(
     if eigensolver not in ("subspace", "dense"):
         raise ValueError(f"eigensolver: expected 'subspace' or 'dense', got {eigensolver!r}")
     p = A.size
-    if num_top is None:
-        num_top = sum(comps[n].rank for n in low_rank) + 16
+    cap = int(min(max(sum(comps[n].rank for n in low_rank) + 16, 4), p - 2))
+    extend = num_top is None
+    if num_top is None:  # the first feature's rank (C outliers) and a margin; doubled below while the count saturates
+        first = comps[next(iter(features.values()))].rank if features else 0
+        num_top = first + 8
     num_top = int(min(max(num_top, 4), p - 2))
     if isinstance(density, DensitySettings):
         requested = density
@@ -796,11 +817,21 @@ def attribute(
 
     # --- A: top eigenpairs, densities, bulk edge
     check_symmetric(A, seed=seed)
-    pairs = top(A, num_top)
+    say = (lambda text: print(f"attribution: {text}", file=sys.stderr, flush=True)) if show_progress else (lambda text: None)
     lin_a, log_a = spectral_densities(A, dens, check_symmetry=False)
     bounds = lin_a.bounds
-    deflated = bulk_density(A, pairs, settings=dens, check_symmetry=False)
-    edge = estimate_bulk_edge(pairs.eigenvalues, p, bulk=deflated.bulk, margin=edge_margin, fit_fraction=fit_fraction)
+    while True:
+        say(f"top {num_top} eigenpairs of A")
+        pairs = top(A, num_top)
+        deflated = bulk_density(A, pairs, settings=dens, check_symmetry=False)
+        edge = estimate_bulk_edge(pairs.eigenvalues, p, bulk=deflated.bulk, margin=edge_margin, fit_fraction=fit_fraction)
+        d = deflated.bulk  # eigenvalues above the threshold left in the deflated operator: the count is a lower bound
+        beyond = (p - num_top) * float(d.weights[d.nodes > edge.threshold].sum() / d.weights.sum())
+        if not (extend and (edge.saturated or beyond >= 0.5) and num_top < cap):
+            break
+        say(f"about {edge.num_separated + beyond:.0f} eigenvalues above the bulk edge, {num_top} computed: "
+            f"extending to {min(2 * num_top, cap)}")
+        num_top = min(2 * num_top, cap)
     if zero_tol is None:
         zero_tol = 1e-6 * float(np.max(np.abs(pairs.eigenvalues)))
     if edge.threshold < zero_tol:  # a bulk of exact zeros has its edge at round-off: nothing below zero_tol is separated
@@ -844,8 +875,9 @@ def attribute(
         retained = {f: _retained(Usep, Uf[f]) for f in feat_names}
         cert = None
         if cert_rank is not False:  # counts at the threshold of A, where the bounds hold
+            n_k = int(np.sum(vals > thr))
             cert = _certificate(kind, cert_rank, pairs.eigenvalues, pairs.residuals, edge.num_separated, vals, top.residuals,
-                                int(np.sum(vals > thr)), A.dtype)
+                                n_k, A.dtype, saturated=edge.saturated or n_k >= vals.size)
         return KnockoutSpectrum(
             name, kind, comp, vals, top.residuals, float(threshold), own_edge, n_sep, bool(n_sep >= vals.size),
             bulk_mass(lin, threshold), retained, cert, lin, log, top.eigenvectors,
@@ -855,7 +887,8 @@ def attribute(
     subs: dict[str, KnockoutSpectrum] = {}
     projs: dict[str, KnockoutSpectrum] = {}
     k_knock = int(min(edge.num_separated + 8, p - 2))
-    for name, c in knockouts.items():
+    for name, c in progress(list(knockouts.items()), desc="attribution knockouts", enabled=show_progress):
+        say(f"knockout A - {name}" + ("" if c.basis is None else f" and its projection"))
         op = subtraction_knockout(A, c)
         cert_rank = c.rank if c.positive else False  # None: B >= 0 of full rank, upper Weyl bound only
         if c.basis is None:  # removes a full-rank part: its own bulk edge
@@ -884,7 +917,9 @@ def attribute(
             verdicts.append(FeatureVerdict(
                 f, defined_by, 0, vals, "absent", None, [], [],
                 f"no eigenvalue above the threshold {thr:.4g} has at least {overlap_threshold:g} of its "
-                f"eigenvector in range({defined_by})" + (" outside the earlier features' ranges" if f != feat_names[0] else ""),
+                f"eigenvector in range({defined_by})" + (" outside the earlier features' ranges" if f != feat_names[0] else "")
+                + (f" among the {num_top} computed eigenpairs (range({defined_by}) has rank {comps[defined_by].rank}: "
+                   "raise num_top above the ranks of the features to resolve it)" if comps[defined_by].rank + 8 > num_top else ""),
                 {}, overlap,
             ))
             continue
