@@ -888,7 +888,7 @@ def attribute(
     projs: dict[str, KnockoutSpectrum] = {}
     k_knock = int(min(edge.num_separated + 8, p - 2))
     for name, c in progress(list(knockouts.items()), desc="attribution knockouts", enabled=show_progress):
-        say(f"knockout A - {name}" + ("" if c.basis is None else f" and its projection"))
+        say(f"knockout A - {name}" + ("" if c.basis is None else " and its projection"))
         op = subtraction_knockout(A, c)
         cert_rank = c.rank if c.positive else False  # None: B >= 0 of full rank, upper Weyl bound only
         if c.basis is None:  # removes a full-rank part: its own bulk edge
