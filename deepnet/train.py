@@ -35,6 +35,7 @@ import inspect
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,14 @@ class TrainConfig:
         if list(milestones) != sorted(milestones):
             raise ValueError(f"lr_milestones: expected increasing fractions of the epochs, got {milestones!r}")
         object.__setattr__(self, "lr_milestones", milestones)
+        epochs = milestone_epochs(self)
+        if len(set(epochs)) < len(epochs):
+            warnings.warn(
+                f"lr_milestones: {milestones!r} of {self.epochs} epochs fall on epochs {list(epochs)}, "
+                f"so the learning rate is decayed more than once in one epoch; train for more epochs "
+                f"or give fewer milestones",
+                stacklevel=3,
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,6 +6,7 @@ and a small MLP on the offline Fashion-MNIST subset."""
 import json
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -130,6 +131,14 @@ def test_deterministic_mode_restores_the_settings():
     with deterministic_mode(True):
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_milestones_falling_on_one_epoch_are_warned_about():
+    with pytest.warns(UserWarning, match=r"fall on epochs \[1, 1\].*decayed more than once"):
+        TrainConfig(epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig(epochs=3)
 
 
 def test_bad_configurations_fail_before_any_work(tmp_path):
