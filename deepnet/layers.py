@@ -67,6 +67,7 @@ from .passes import (
     LayerTaps,
     class_batches,
     cross_class_residuals,
+    num_class_batches,
     parameter_groups,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "Separation",
     "SeparationWithDepth",
     "error_class_view",
+    "global_mean_share",
     "layer_attribution",
     "layer_passes",
     "layer_separation",
@@ -287,9 +289,8 @@ def layer_statistics(
     true: dict[str, torch.Tensor] = {}
     dense: dict[str, tuple[bool, bool]] = {}
     passes = layer_passes(risk, modules, conv=conv, vectorize=vectorize)
-    if show_progress:  # one item per class batch: the labels of every batch, counted without a forward
-        total = sum(len(torch.unique(y)) for _x, y in risk._raw_batches())
-        passes = progress(passes, total=total, desc=f"features and errors of {len(modules)} layers (1 forward + {C} backward per batch)")
+    if show_progress:  # one item per class batch
+        passes = progress(passes, total=num_class_batches(risk), desc=f"features and errors of {len(modules)} layers (1 forward + {C} backward per batch)")
     for batch, out in passes:
         labels = torch.full((batch.probs.shape[0],), batch.label, dtype=torch.int64, device=batch.probs.device)
         for name, (h, d) in out.items():
@@ -438,6 +439,11 @@ def _separation(view: FeatureDecomposition, total: FeatureDecomposition | CrossC
     )
 
 
+def global_mean_share(features: FeatureDecomposition) -> float:
+    """``|mu_G|^2 / tr H^l``: the share of the feature second moment carried by the global mean."""
+    return features.global_part.trace / features.total_trace if features.total_trace > 0 else float("nan")
+
+
 def layer_separation(stats: LayerStatistics, *, seed: int = 0, show_progress: bool = False) -> SeparationWithDepth:
     """Per layer the :class:`Separation` of the features (``Sigma_B``, ``Sigma_W`` of
     ``theory.structure``) and of the errors (:func:`error_class_view`: between = the
@@ -457,7 +463,7 @@ def layer_separation(stats: LayerStatistics, *, seed: int = 0, show_progress: bo
             kind=layer.kind,
             feature_dim=f.dim,
             error_dim=e.dim,
-            global_mean_share=f.global_part.trace / f.total_trace if f.total_trace > 0 else float("nan"),
+            global_mean_share=global_mean_share(f),
             features=_separation(f, f, layer.dense_features, seed),
             errors=_separation(error_class_view(e), e, layer.dense_errors, seed),
         )

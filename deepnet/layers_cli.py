@@ -37,7 +37,9 @@ from .analysis import default_out, load_analysis
 from .kronecker import KroneckerStructure, kronecker_structure
 from .layers import (
     CONV_FEATURES,
+    LayerStatistics,
     SeparationWithDepth,
+    global_mean_share,
     layer_attribution,
     layer_separation,
     layer_statistics,
@@ -262,13 +264,13 @@ def hessian_outliers(risk: EmpiricalRisk, k: int, seed: int) -> np.ndarray:
     return top_eigenpairs(HessianOperator(risk), min(k, risk.size), seed=seed).eigenvalues
 
 
-def batch_norm_comparison(runs: dict[str, tuple[str, EmpiricalRisk, SeparationWithDepth]], seed: int) -> dict[str, dict[str, Any]]:
-    """Per run (label -> checkpoint path, risk and separation): ``global_mean_share = |mu_G|^2 / tr H^l`` of
-    every layer's features and the top ``C`` Hessian eigenvalues (claim C7)."""
+def batch_norm_comparison(runs: dict[str, tuple[str, EmpiricalRisk, LayerStatistics]], seed: int) -> dict[str, dict[str, Any]]:
+    """Per run (label -> checkpoint path, risk and layer statistics): ``global_mean_share = |mu_G|^2 / tr H^l``
+    of every layer's features and the top ``C`` Hessian eigenvalues (claim C7)."""
     return {
-        label: {"path": path, "global_mean_share": {n: layer.global_mean_share for n, layer in sep.layers.items()},
+        label: {"path": path, "global_mean_share": {n: global_mean_share(layer.features) for n, layer in stats.layers.items()},
                 "hessian_outliers": hessian_outliers(risk, risk.num_classes, seed)}
-        for label, (path, risk, sep) in runs.items()
+        for label, (path, risk, stats) in runs.items()
     }
 
 
@@ -322,8 +324,8 @@ def run(args: argparse.Namespace) -> int:
     comparison = None
     if other is not None:
         print(f"layers: features of {args.compare} and the Hessian outliers of both runs", flush=True)
-        other_sep = layer_separation(layer_statistics(other, conv=args.conv, weighted=weighted, dense_limit=dense_limit), seed=seed)
-        comparison = batch_norm_comparison({"checkpoint": (str(checkpoint), risk, sep), "compare": (str(args.compare), other, other_sep)}, seed)
+        other_stats = layer_statistics(other, conv=args.conv, weighted=weighted, dense_limit=dense_limit)
+        comparison = batch_norm_comparison({"checkpoint": (str(checkpoint), risk, stats), "compare": (str(args.compare), other, other_stats)}, seed)
     seconds = time.perf_counter() - start
     name = f"{config.model} on {config.dataset} ({args.split})"
     folder = RunFolder(out)  # created only now: a run that fails above leaves nothing behind

@@ -70,6 +70,7 @@ __all__ = [
     "cross_class_backward",
     "cross_class_residuals",
     "gradient_sums",
+    "num_class_batches",
     "output_gradients",
     "parameter_groups",
 ]
@@ -160,6 +161,11 @@ def class_batches(risk: EmpiricalRisk) -> Iterator[ClassBatch]:
             with torch.enable_grad():
                 logits = risk.forward(theta, xc)
             yield ClassBatch(int(c), xc, theta, logits, torch.softmax(logits.detach(), dim=-1))
+
+
+def num_class_batches(risk: EmpiricalRisk) -> int:
+    """How many batches :func:`class_batches` yields (the classes present in each batch), from the labels alone."""
+    return sum(len(torch.unique(y)) for _x, y in risk._raw_batches())
 
 
 def output_gradients(probs: torch.Tensor, weighted: bool) -> torch.Tensor:

@@ -40,12 +40,12 @@ from theory.figures import (
     spectrum_panel,
     spectrum_shares,
 )
+from theory.operators import CountedOperator, SymmetricOperator
 from theory.runs import RunFolder, claim_run
 from theory.spectrum import Spectrum, spectrum
 
 from .analysis import default_out, load_analysis
 from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
-from theory.operators import CountedOperator, SymmetricOperator
 
 __all__ = ["Spectra", "compute_spectra", "expected_products", "announce_products", "spectra_figure", "spectra_report", "add_arguments", "run"]
 
