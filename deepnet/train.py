@@ -166,14 +166,6 @@ class TrainConfig:
         if list(milestones) != sorted(milestones):
             raise ValueError(f"lr_milestones: expected increasing fractions of the epochs, got {milestones!r}")
         object.__setattr__(self, "lr_milestones", milestones)
-        epochs = milestone_epochs(self)
-        if len(set(epochs)) < len(epochs):
-            warnings.warn(
-                f"lr_milestones: {milestones!r} of {self.epochs} epochs fall on epochs {list(epochs)}, "
-                f"so the learning rate is decayed more than once in one epoch; train for more epochs "
-                f"or give fewer milestones",
-                stacklevel=3,
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -355,6 +347,14 @@ def train(
     checkpoint is also kept as ``epoch_XXX.pt`` (:func:`epoch_checkpoint`).
     """
     save_epochs = check_save_epochs("save_epochs", save_epochs, config.epochs)
+    milestones = milestone_epochs(config)
+    if len(set(milestones)) < len(milestones):  # warned when training, not on every load of the configuration
+        warnings.warn(
+            f"lr_milestones: {config.lr_milestones!r} of {config.epochs} epochs fall on epochs {list(milestones)}, "
+            f"so the learning rate is decayed more than once in one epoch; train for more epochs "
+            f"or give fewer milestones",
+            stacklevel=2,
+        )
     if stop_after is not None:
         check_int("stop_after", stop_after, 0, what="or None")
     device = resolve_device(device)
