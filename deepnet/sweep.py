@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from theory.checks import ArgumentError, check_int
-from theory.figures import new_figure, set_labels
+from theory.figures import figure_legend, new_figure, set_labels
 from theory.progress import progress
 from theory.runs import RunFolder, claim_run
 from theory.spectral import top_eigenpairs
@@ -144,8 +144,10 @@ def sweep_figure(result: SweepResult, title: str = "") -> Any:
             ax.plot(x, [r[key] for r in rows], marker="o", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(x, [str(v) for v in x], minor=False)
+        ax.set_xticks([], minor=True)
         set_labels(ax, xlabel, "eigenvalue of G")
-        ax.legend(fontsize=7)
+    figure_legend(fig, axes)
     if title:
         fig.suptitle(title)
     return fig
