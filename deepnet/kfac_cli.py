@@ -220,23 +220,24 @@ def kfac_report(factors: KFACFactors, layers: dict[str, LayerComparison], source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `python -m deepnet train` (file or its run folder)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `python -m deepnet train` (file or its run folder; required)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/kfac-<checkpoint folder name>)")
     parser.add_argument("--layers", nargs="+", default=None, help="Linear / Conv2d module names (default: all of them)")
-    parser.add_argument("--fisher", choices=list(FISHER_TYPES), default="true", help="weighting of the errors in the factors")
-    parser.add_argument("--mc-samples", type=int, default=1, help="labels drawn per example for --fisher mc")
-    parser.add_argument("--split", choices=["train", "test"], default="train")
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--fisher", choices=list(FISHER_TYPES), default="true", help="weighting of the errors in the factors: true Fisher (every class, weighted by p), mc (labels drawn from p) or empirical (the true label) (default: %(default)s)")
+    parser.add_argument("--mc-samples", type=int, default=1, help="labels drawn per example for --fisher mc (default: %(default)s)")
+    parser.add_argument("--split", choices=["train", "test"], default="train", help="data the factors and G average over (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1000,
+                        help="examples per batch; memory grows with it, the result does not change (default: %(default)s)")
     parser.add_argument("--float64", action="store_true", help="passes in float64 (a converted copy of the model)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--outliers", type=int, default=None, help="top eigenpairs per operator (default C^2)")
-    parser.add_argument("--num-steps", type=int, default=96, help="Lanczos steps per density run (at most P_l)")
-    parser.add_argument("--num-repeats", type=int, default=3, help="Lanczos runs per density")
-    parser.add_argument("--probes", type=int, default=10, help="Rademacher probes of the Hutchinson Frobenius estimate")
-    parser.add_argument("--tol", type=float, default=1e-4, help="relative tolerance of the top eigenpairs")
-    parser.add_argument("--block-size", type=int, default=8, help="columns per product of the top-eigenpair solver")
-    parser.add_argument("--max-iterations", type=int, default=100, help="restarts of the top-eigenpair solver")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starts, probes and Monte Carlo labels")
+    parser.add_argument("--num-steps", type=int, default=96, help="Lanczos steps per density run, at most the layer's parameter count (default: %(default)s)")
+    parser.add_argument("--num-repeats", type=int, default=3, help="Lanczos runs per density (default: %(default)s)")
+    parser.add_argument("--probes", type=int, default=10, help="Rademacher probes of the Hutchinson estimate of the relative Frobenius error (default: %(default)s)")
+    parser.add_argument("--tol", type=float, default=1e-4, help="relative residual tolerance of the top eigenpairs (default: %(default)s)")
+    parser.add_argument("--block-size", type=int, default=8, help="columns per product of the top-eigenpair solver (default: %(default)s)")
+    parser.add_argument("--max-iterations", type=int, default=100, help="restarts of the top-eigenpair solver at most (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starts, probes and Monte Carlo labels (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,23 +60,24 @@ _MEASURES = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `python -m deepnet train` (file or its run folder)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `python -m deepnet train` (file or its run folder; required)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/layers-<checkpoint folder name>)")
     parser.add_argument("--layers", nargs="+", default=None, help="Linear / Conv2d module names (default: all of them)")
     parser.add_argument("--conv", choices=list(CONV_FEATURES), default="mean",
-                        help="conv features: spatial mean of the input channels, or of the unfolded patches")
+                        help="conv features: spatial mean of the input channels, or of the unfolded patches (default: %(default)s)")
     parser.add_argument("--unweighted", action="store_true", help="the sqrt(p)-scaled errors of arXiv 1901.08244")
-    parser.add_argument("--split", choices=["train", "test"], default="train")
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--split", choices=["train", "test"], default="train", help="data the passes stream (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1000,
+                        help="examples per batch; memory grows with it, the result does not change (default: %(default)s)")
     parser.add_argument("--float64", action="store_true", help="passes in float64 (a converted copy of the model)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dense-limit", type=int, default=3072, help="dense second moments up to this width")
+    parser.add_argument("--dense-limit", type=int, default=3072, help="layers up to this input width keep dense second moments, wider ones are matrix-free (default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=None, help="eta of the stationarity prediction (default: the checkpoint's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the matrix-free spectra of wide layers")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the matrix-free spectra of wide layers (default: %(default)s)")
     parser.add_argument("--attribution", action="store_true",
                         help="also attribute every layer's outliers / bump / bulk to the parts (slow for layers wider than --dense-limit)")
-    parser.add_argument("--num-steps", type=int, default=128, help="Lanczos steps of the attribution densities (at most d)")
-    parser.add_argument("--num-repeats", type=int, default=10, help="Lanczos runs per attribution density")
+    parser.add_argument("--num-steps", type=int, default=128, help="Lanczos steps of the attribution densities, at most the layer width (default: %(default)s)")
+    parser.add_argument("--num-repeats", type=int, default=10, help="Lanczos runs per attribution density (default: %(default)s)")
     parser.add_argument("--compare", default=None, metavar="CHECKPOINT",
                         help="a second checkpoint (e.g. the same network without batch norm, claim C7): report both runs' "
                              "global-mean share of the features per layer and their top C Hessian outliers (default: none)")

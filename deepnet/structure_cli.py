@@ -59,7 +59,7 @@ class _ProgressBatches:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `python -m deepnet train` (file or its run folder)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `python -m deepnet train` (file or its run folder; required)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/structure-<checkpoint folder name>)")
     parser.add_argument("--operator", nargs="+", default=list(ANALYSES), choices=list(ANALYSES),
                         help="G: attribution of G (Fig. 5); H: the Hessian's outliers against G and the class means "

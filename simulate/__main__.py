@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     full, quick = study_settings(False), study_settings(True)
     d = lambda name: _default(full, quick, name)  # noqa: E731
-    study = sub.add_parser("study", help="the main job: Fisher spectrum of trained MLR vs Theorem 8.1, finite samples, attribution")
+    study_help = "the main job: Fisher spectrum of trained MLR vs Theorem 8.1, finite samples, attribution"
+    study = sub.add_parser("study", help=study_help, description=study_help)
     common(study, "runs/study", full.seed)
     study.add_argument("--classes", type=int, nargs="+", help=f"numbers of classes C >= 2 {d('classes')}")
     study.add_argument("--dim", type=int, help=f"dimension D > C {d('dim')}")
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--workers", type=_positive, default=2, help="worker processes (default 2)")
 
     full, quick = theorem_settings(False), theorem_settings(True)
-    theorem = sub.add_parser("theorem", help="dense eigh vs Theorem 8.1, Monte Carlo convergence to Lemma 8.1, sympy derivations")
+    theorem_help = "dense eigh vs Theorem 8.1, Monte Carlo convergence to Lemma 8.1, sympy derivations"
+    theorem = sub.add_parser("theorem", help=theorem_help, description=theorem_help)
     common(theorem, "runs/theorem", full.seed)
     theorem.add_argument("--classes", type=int, nargs="+", help=f"numbers of classes C >= 2 of the dense grid {_default(full, quick, 'classes')}")
     theorem.add_argument("--snrs", type=float, nargs="+", help=f"SNR values s >= 0 of the dense grid {_default(full, quick, 'snrs')}")
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"largest Monte Carlo sample size per class (default {full.mc_n_per_class[-1]}; --quick {quick.mc_n_per_class[-1]})")
 
     full, quick = synthetic_settings(False), synthetic_settings(True)
-    synthetic = sub.add_parser("synthetic", help="the density estimator on diag(5,4,3,0,...) + ZZ^T/n against dense eigh (Fig. 15)")
+    synthetic_help = "the density estimator on diag(5,4,3,0,...) + ZZ^T/n against dense eigh (Fig. 15)"
+    synthetic = sub.add_parser("synthetic", help=synthetic_help, description=synthetic_help)
     common(synthetic, "runs/synthetic", full.seed)
     synthetic.add_argument("--size", type=int, help=f"matrix size n {_default(full, quick, 'size')}")
     synthetic.add_argument("--num-steps", type=int, help=f"Lanczos steps per start {_default(full, quick, 'num_steps')}")
