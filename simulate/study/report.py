@@ -13,7 +13,7 @@ from theory.finite_sample import half_overlap_snr
 
 from .run import Study
 
-__all__ = ["attribution_lines", "c6_lines", "convergence_line", "failure_lines", "study_report", "trained_overlap_lines"]
+__all__ = ["answer_line", "attribution_lines", "c6_lines", "convergence_line", "failure_lines", "study_report", "trained_overlap_lines"]
 
 
 def _fmt(x: float | None, spec: str = ".3g") -> str:
@@ -39,6 +39,23 @@ def convergence_line(conv: dict) -> str:
         where.setdefault(f"{f['where']} ({f['solve']})", []).append(at + (f" ({f['count']} solves)" if f["count"] > 1 else ""))
     return (f"* **Convergence: {conv['num_unconverged']} eigensolves did not converge** (to relative residual eig_tol; their "
             "eigenvalues are the last iterate's): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in where.items()) + ".")
+
+
+def answer_line(c6: dict) -> str:
+    """The study's answer in one line, from the Claim C6 numbers (:func:`c6_lines` has the
+    details): how many points the ratio gives a prediction at, and there its median gaps to
+    the test and to the Bayes error."""
+    n, k = c6["num_points"], c6["num_predicted"]
+    if not k:
+        return (f"**Answer**: the ratio gives no prediction at any of the {n} points: none has C - 1 outliers separated "
+                "from the bulk in the span of the class means.")
+    gap = c6["median_abs_gap"]
+    r = c6["pearson"]["prediction_vs_test"]
+    return (f"**Answer**: where at least C - 1 of the Fisher's outliers are separated from its bulk in the span of the "
+            f"class means ({k} of {n} points), the outlier-to-bulk "
+            f"ratio predicts the test error to {gap['prediction_to_test']:.3f} (median absolute gap"
+            + ("" if r is None else f"; Pearson {r:.3f}") + f") and the Bayes error to {gap['prediction_to_bayes']:.4f}"
+            + (f"; at the other {n - k} it gives no prediction." if k < n else "."))
 
 
 def failure_lines(st, sm: dict) -> list[str]:
@@ -158,10 +175,15 @@ def attribution_lines(st, att: dict) -> list[str]:
              "Verdicts by subtraction (docs/attribution.md): component (size) when attributable, ? when not, - when absent. "
              "Control: the symmetric-probability Fisher of Theorem 8.1 on the same data at the trained alpha; 'expected': the "
              "features Theorem 8.1 puts above its moment-matched bulk edge at this N.", "",
-             "Columns 4-9 are of the trained Fisher.", "",
+             "Columns 4-9 are of the trained Fisher: separated: eigenvalues above the bulk edge of its attribution; class-span "
+             "outliers: those with at least half their eigenvector in the span of the class means; common mode: whether the "
+             "direction of the sum of the class means is separated; outlier shares: the Rayleigh shares of the parts in the "
+             "outlier eigenvectors; diag/(class+diag): the diag share of the two (Theorem 8.1: alpha); bump: the cross-class "
+             "eigenvalues found, of the C(C-2) of the full bump.", "",
              "| C | SNR | alpha | separated | class-span outliers | common mode | outlier shares class / diag / cross / within | "
              "diag/(class+diag) | bump (of C(C-2)) | trained: outliers / bump / bulk | control: outliers / bump / bulk | control as expected |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    beyond = False
     for C in st.classes:
         a = att[str(C)]
         for row, ok in zip(a["rows"], a["control_agrees_with_theorem"]):
@@ -171,13 +193,14 @@ def attribution_lines(st, att: dict) -> list[str]:
             mode = "-" if t["common_mode_separated"] is None else ("separated" if t["common_mode_separated"] else "weak")
             frac = "-" if t["outlier_diag_fraction"] is None else f"{t['outlier_diag_fraction']:.2f}"
             grid = "" if row["in_grid"] else "†"
+            beyond = beyond or not row["in_grid"]
             lines.append(
                 f"| {C} | {row['snr']:g}{grid} | {row['alpha']:.3f} | {t['num_separated']} | {t['num_class_outliers']} | {mode} | {shares} | "
                 f"{frac} | {t['bump_size']} of {t['full_bump_size']} | "
                 + " / ".join(_cell(t["verdicts"][f]) for f in ("outliers", "bump", "bulk")) + " | "
                 + " / ".join(_cell(c["verdicts"][f]) for f in ("outliers", "bump", "bulk")) + f" | {'yes' if ok else 'no'} |"
             )
-    lines += ["", "†: beyond the main grid, fitted for the attribution only.", ""]
+    lines += ["", "†: beyond the main grid, fitted for the attribution only.", ""] if beyond else [""]
     names = {"outliers": "outliers from class(+diag)", "bump": "bump from cross", "bulk": "bulk from within"}
     for C in st.classes:
         a = att[str(C)]
@@ -215,6 +238,8 @@ def study_report(study: Study) -> str:
     g = sm["largest_gap"]
     lines = [
         "# Outlier-to-bulk ratio vs misclassification: trained MLR on Gaussian mixtures",
+        "",
+        answer_line(sm["c6"]),
         "",
         f"Canonical model x = t e_c + z, D = {st.dim}, n = {st.n_per_class} training and {st.n_test_per_class} test "
         f"examples per class, C in {list(st.classes)}, {len(st.snrs)} SNRs in [{st.snrs[0]:g}, {st.snrs[-1]:g}], "
@@ -308,9 +333,14 @@ def study_report(study: Study) -> str:
                 f"{r['bayes_error']:.4f} | {r['mean_abs_gap_to_test']:.4f} | {r['mean_abs_gap_to_bayes']:.4f} |"
             )
     if study.attribution:
-        lines += ["", *attribution_lines(st, sm["attribution"]),
+        lines += ["", *attribution_lines(st, sm["attribution"]), "",
                   "Full reports with the evidence: `attribution/attribution_C*_snr*.md` and `*_control.md` (and `.json`, `.png`)."]
     lines += ["", "## Every point", "",
+              "top-C mean: the mean of the Fisher's top C eigenvalues; bulk: the mean of the Fisher on the bulk space "
+              "(The measured bulk, above); ratio: their quotient; theorem ratio: Theorem 8.1's at the true SNR and measured "
+              "alpha; separated: top-C eigenvalues above the bulk edge; class-span: those with at least half their eigenvector "
+              "in the span of the class means; predicted: the error Theorem 8.1 maps the ratio to; finite-n predicted: the "
+              "same through the finite-sample formula; C6: the prediction from the separated class-span outliers only.", "",
               "| C | SNR | seed | alpha | top-C mean | bulk | ratio | theorem ratio | separated | class-span | predicted | finite-n predicted | C6 | test | Bayes |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in study.points:
@@ -320,7 +350,9 @@ def study_report(study: Study) -> str:
             f"{p.predicted_error_bbp:.4f}{'*' if p.below_transition else ''} | "
             f"{'no prediction' if p.c6_predicted_error is None else format(p.c6_predicted_error, '.4f')} | {p.test_error:.4f} | {p.bayes_error:.4f} |"
         )
-    lines += ["", "`*`: ratio at or below the finite-sample transition (the inversion then returns s = sqrt(D/n)).", "",
+    if any(p.below_transition for p in study.points):
+        lines += ["", "`*`: ratio at or below the finite-sample transition (the inversion then returns s = sqrt(D/n))."]
+    lines += ["",
               "Figures: `spectra_attribution.png`, `ratio_vs_error.png`, `predicted_vs_measured.png`, `finite_samples.png`. "
               "Every number: `results.json`.", ""]
     return "\n".join(lines)
