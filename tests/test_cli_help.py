@@ -68,9 +68,9 @@ def problems(parser: argparse.ArgumentParser) -> list[str]:
                 found.append(f"{name}: required but its help does not say so: {text!r}")
         elif "default" not in text:
             found.append(f"{name}: no default in {text!r}")
-        elif isinstance(action.default, (str, int, float)) and not isinstance(action.default, bool):
-            if not any(s in text for s in spellings(action.default)):
-                found.append(f"{name}: its default {action.default!r} is not in {text!r}")
+        elif (isinstance(action.default, (str, int, float)) and not isinstance(action.default, bool)
+              and not any(s in text for s in spellings(action.default))):
+            found.append(f"{name}: its default {action.default!r} is not in {text!r}")
     return found
 
 
