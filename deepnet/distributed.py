@@ -1,0 +1,256 @@
+"""Data parallelism over ``torch.distributed`` (launched by ``torchrun``).
+
+Every analysed quantity of the toolkit is an average over examples,
+``A = (1/N) sum_i a_i``; with the data set split over ``W`` ranks (rank ``r``
+holds ``N_r`` examples, ``sum_r N_r = N``) it is ``A = (1/N) sum_r N_r A_r`` with
+``A_r`` the rank's own average. Each rank computes ``N_r A_r`` and one
+all-reduce (sum) gives every rank the same ``N A``. Only the operators
+communicate: the spectral core runs unchanged, on every rank, on replicated
+vectors drawn from the same seed.
+
+* :class:`DistributedContext`: rank, world size, backend (Gloo on CPU, NCCL on
+  CUDA), device and the collective timeout; :meth:`DistributedContext.single`
+  when not launched by ``torchrun``.
+* :func:`init_distributed` / :func:`shutdown`: join / leave the process group
+  from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+  ``MASTER_ADDR``, ``MASTER_PORT``).
+* :func:`shard_indices`: the deterministic class-balanced split by index.
+* :func:`check_consistent`: all ranks compare a checksum of the data or the
+  model before any product.
+* :func:`all_reduce_sum`: the one collective.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from theory.checks import check_int, check_real
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "DistributedContext",
+    "InconsistentRanksError",
+    "all_reduce_sum",
+    "check_consistent",
+    "checksum",
+    "init_distributed",
+    "launched",
+    "shard_indices",
+    "shutdown",
+]
+
+DEFAULT_TIMEOUT_S = 300.0
+"""Seconds a collective waits for its peers before it fails (a dead or stuck rank)."""
+
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class InconsistentRanksError(ValueError):
+    """Ranks disagree on data or model that must be replicated."""
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in a data-parallel group.
+
+    ``backend`` is ``"gloo"`` (CPU), ``"nccl"`` (CUDA) or ``"none"`` (one process,
+    no process group); ``device`` the rank's device; ``timeout_s`` the seconds a
+    collective waits for its peers."""
+
+    rank: int
+    world_size: int
+    backend: str
+    device: torch.device
+    timeout_s: float
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this rank writes files and prints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """Whether a process group is in use (more than one rank may take part)."""
+        return self.backend != "none"
+
+    @classmethod
+    def single(cls, device: torch.device | str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
+        """One process, no communication: the context when not launched by torchrun."""
+        return cls(0, 1, "none", torch.device(device or "cpu"), float(timeout_s))
+
+
+def launched() -> bool:
+    """Whether torchrun (or an equivalent launcher) set ``WORLD_SIZE`` and ``RANK``."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def _resolve_device(device: torch.device | str | None, local_rank: int) -> torch.device:
+    """``device`` with ``"auto"``/``None`` resolved; ``"cuda"`` becomes ``cuda:LOCAL_RANK``."""
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(
+    device: torch.device | str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> DistributedContext:
+    """Join the process group described by torchrun's environment and return the context.
+
+    Without torchrun's environment (``RANK``/``WORLD_SIZE`` unset) nothing is
+    initialised and :meth:`DistributedContext.single` is returned. The backend is
+    Gloo for a CPU ``device`` and NCCL for CUDA (``"cuda"`` means
+    ``cuda:LOCAL_RANK``); every collective fails after ``timeout_s`` seconds
+    without its peers instead of waiting for ever. Idempotent: a second call in
+    an initialised process returns the current group's context."""
+    timeout_s = check_real("timeout_s", timeout_s, 0.0, low_open=True)
+    if not launched():
+        return DistributedContext.single(_resolve_device(device, 0), timeout_s)
+    missing = [name for name in _ENV if name not in os.environ and name != "LOCAL_RANK"]
+    if missing:
+        raise ValueError(
+            f"environment: RANK and WORLD_SIZE are set but {', '.join(missing)} is not; "
+            "launch with torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT)"
+        )
+    rank = check_int("RANK", int(os.environ["RANK"]), 0)
+    world_size = check_int("WORLD_SIZE", int(os.environ["WORLD_SIZE"]), 1)
+    if rank >= world_size:
+        raise ValueError(f"RANK: expected an integer in [0, {world_size - 1}] (WORLD_SIZE={world_size}), got {rank}")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(device, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s),
+            **({"device_id": device} if device.type == "cuda" else {}),
+        )
+    return DistributedContext(rank, world_size, backend, device, timeout_s)
+
+
+def shutdown(ctx: DistributedContext) -> None:
+    """Leave the process group of ``ctx`` (nothing for a single process)."""
+    if ctx.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard_indices(labels: torch.Tensor | np.ndarray, rank: int, world_size: int) -> torch.Tensor:
+    """The indices (ascending, int64) of the examples rank ``rank`` of ``world_size`` holds.
+
+    Class-balanced and deterministic: the indices of each class, in ascending
+    order, are dealt round-robin, the ``j``-th of class ``c`` to rank
+    ``j mod world_size``; so every rank holds ``floor`` or ``ceil`` of
+    ``N_c / world_size`` examples of each class ``c``, and the shards partition
+    ``0 .. N-1``. Raises ``ValueError`` when some class has fewer examples than
+    ranks (a rank would miss it)."""
+    world_size = check_int("world_size", world_size, 1)
+    rank = check_int("rank", rank, 0, world_size - 1, what=f"(world_size={world_size})")
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels: expected integer class labels, got {labels.dtype}")
+    if labels.numel() == 0:
+        raise ValueError("labels: no examples to shard")
+    classes, counts = torch.unique(labels, return_counts=True)
+    if int(counts.min()) < world_size:
+        c = int(classes[int(torch.argmin(counts))])
+        raise ValueError(
+            f"world_size: expected at most {int(counts.min())} ranks (the fewest examples of a class: class {c} "
+            f"has {int(counts.min())}), got {world_size}; each rank must hold examples of every class"
+        )
+    order = torch.argsort(labels, stable=True)  # indices grouped by class, ascending within
+    position = torch.empty_like(order)
+    starts = torch.cumsum(counts, 0) - counts
+    for start, count in zip(starts.tolist(), counts.tolist()):
+        position[start : start + count] = torch.arange(count)
+    mine = order[position % world_size == rank]
+    return torch.sort(mine).values.to(torch.int64)
+
+
+def checksum(value: torch.Tensor | bytes | np.ndarray | list | tuple) -> bytes:
+    """A 16-byte BLAKE2 digest of ``value``: raw bytes, a tensor / array (its dtype,
+    shape and values) or a sequence of those (e.g. a model's parameters)."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def feed(item: object) -> None:
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            digest.update(bytes(item))
+        elif torch.is_tensor(item):
+            t = item.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(item, np.ndarray):
+            a = np.ascontiguousarray(item)
+            digest.update(f"{a.dtype}{a.shape}".encode())
+            digest.update(a.tobytes())
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"[{len(item)}]".encode())
+            for part in item:
+                feed(part)
+        else:
+            raise TypeError(f"value: expected bytes, a tensor, an array or a sequence of those, got {type(item).__name__}")
+
+    feed(value)
+    return digest.digest()
+
+
+def check_consistent(name: str, value: torch.Tensor | bytes | np.ndarray | list | tuple, ctx: DistributedContext) -> None:
+    """Raise :class:`InconsistentRanksError` on every rank unless all ranks hold the
+    same ``value`` (compared by :func:`checksum`); ``name`` says what it is
+    ("data labels", "model parameters"). One small all-gather; nothing for a single process."""
+    if not ctx.active or ctx.world_size == 1:
+        return
+    mine = checksum(value)
+    codes = _all_gather_bytes(mine, ctx)
+    if any(code != codes[0] for code in codes):
+        groups: dict[bytes, list[int]] = {}
+        for r, code in enumerate(codes):
+            groups.setdefault(code, []).append(r)
+        shown = "; ".join(f"ranks {ranks} have {code.hex()[:12]}" for code, ranks in groups.items())
+        raise InconsistentRanksError(
+            f"{name}: the ranks disagree ({shown}); every rank must load the same checkpoint and data "
+            "(same files, same settings, same seed)"
+        )
+
+
+def _all_gather_bytes(payload: bytes, ctx: DistributedContext) -> list[bytes]:
+    """Every rank's ``payload`` (all of the same length), in rank order."""
+    mine = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(ctx.device)
+    parts = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+    _collective("check_consistent", f"all-gather of a {len(payload)}-byte checksum", ctx, lambda: dist.all_gather(parts, mine))
+    return [bytes(p.cpu().numpy().tobytes()) for p in parts]
+
+
+def _collective(caller: str, what: str, ctx: DistributedContext, call: Callable[[], object]) -> None:
+    """Run the collective ``call``; a failure (a peer rank exited, or did not answer
+    within ``ctx.timeout_s``) becomes a ``RuntimeError`` that says so."""
+    try:
+        call()
+    except (RuntimeError, dist.DistBackendError) as error:
+        raise RuntimeError(
+            f"{caller}: rank {ctx.rank} of {ctx.world_size} could not complete the {what} within "
+            f"{ctx.timeout_s:g} s: a peer rank has exited or stopped responding ({error})"
+        ) from error
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """``sum_r tensor_r`` over the ranks, in place, returned (the tensor itself for a
+    single process). A peer that died or stopped makes this fail after
+    ``ctx.timeout_s`` seconds with a ``RuntimeError`` naming the collective."""
+    if not ctx.active or ctx.world_size == 1:
+        return tensor
+    _collective(
+        "all_reduce_sum", f"all-reduce of a {tuple(tensor.shape)} {tensor.dtype} tensor", ctx,
+        lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM),
+    )
+    return tensor
