@@ -18,10 +18,19 @@ vectors drawn from the same seed.
 * :func:`check_consistent`: all ranks compare a checksum of the data or the
   model before any product.
 * :func:`all_reduce_sum`: the one collective.
+* :class:`DistributedOperator`: a :class:`deepnet.operators.CurvatureOperator` on
+  the rank's shard made global, ``A V = all_reduce(N_r A_r V) / N``.
+* :func:`reduce_gradient_sums`: the cell sums of :func:`deepnet.passes.gradient_sums`
+  over the shards added up (they are sums over examples already).
+* :func:`shard_dataset`: the rank's shard of ``(images, labels)`` after checking that
+  every rank loaded the same data; :func:`distributed_decomposition` the
+  ``G = class + cross + within + diag`` of :mod:`deepnet.structure` with the global
+  ``G`` as its total.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -33,16 +42,26 @@ import torch
 import torch.distributed as dist
 
 from theory.checks import check_int, check_real
+from theory.operators import SymmetricOperator
+from theory.structure import CrossClassAccumulator, CrossClassDecomposition
+
+from .operators import CurvatureOperator, EmpiricalRisk, GaussNewtonOperator
+from .passes import GradientSums
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DistributedContext",
+    "DistributedOperator",
     "InconsistentRanksError",
     "all_reduce_sum",
     "check_consistent",
+    "global_count",
     "checksum",
+    "distributed_decomposition",
     "init_distributed",
     "launched",
+    "reduce_gradient_sums",
+    "shard_dataset",
     "shard_indices",
     "shutdown",
 ]
@@ -254,3 +273,115 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tenso
         lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM),
     )
     return tensor
+
+
+def global_count(n_local: int, ctx: DistributedContext) -> int:
+    """``N = sum_r N_r``: the examples of all ranks."""
+    total = torch.tensor([int(n_local)], dtype=torch.int64, device=ctx.device)
+    return int(all_reduce_sum(total, ctx).item())
+
+
+def shard_dataset(
+    images: torch.Tensor, labels: torch.Tensor, ctx: DistributedContext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rank's shard ``(images[idx], labels[idx])``, ``idx = shard_indices(labels, rank, W)``,
+    after :func:`check_consistent` on the labels and the images (every rank must have
+    loaded the same data set in the same order); the whole data for one process."""
+    if not ctx.active or ctx.world_size == 1:
+        return images, labels
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"data: {images.shape[0]} inputs but {labels.shape[0]} labels")
+    index = shard_indices(labels, ctx.rank, ctx.world_size)  # the bad-world-size error first, on every rank alike
+    check_consistent("data labels", labels, ctx)
+    check_consistent("data inputs", images, ctx)
+    index = index.to(labels.device)
+    return images[index], labels[index]
+
+
+class DistributedOperator(SymmetricOperator):
+    """The data-parallel form of a curvature operator: ``A V = (1/N) sum_r N_r A_r V``.
+
+    ``local`` is a :class:`deepnet.operators.CurvatureOperator` (Hessian, G or E) of
+    rank ``r``'s shard (``N_r = local.risk.num_data`` examples, ``A_r`` their average)
+    and ``N = sum_r N_r``; ``matmat(V)`` (``V`` of shape ``(P, k)``, the same on every
+    rank) returns ``all_reduce_sum(N_r * local.matmat(V)) / N`` on every rank, so a
+    spectral method run on every rank with the same seed sees one operator. The
+    result equals the one-process product up to the order of the sums (round-off).
+
+    Checked before any product: the ranks agree on the operator's kind, size and
+    dtype and on the values of the differentiated parameters
+    (:func:`check_consistent`); the first product also checks that ``V`` is the same
+    on every rank (a spectral method seeded differently on some rank). A rank that
+    dies makes the others' next product fail after at most ``ctx.timeout_s`` seconds.
+    """
+
+    def __init__(self, local: CurvatureOperator, ctx: DistributedContext):
+        if not isinstance(local, CurvatureOperator):
+            raise TypeError(f"local: expected a deepnet.operators.CurvatureOperator, got {type(local).__name__}")
+        if not isinstance(ctx, DistributedContext):
+            raise TypeError(f"ctx: expected a DistributedContext, got {type(ctx).__name__}")
+        super().__init__(local.size, local.dtype, local.device)
+        self.local, self.ctx = local, ctx
+        check_consistent("operator (kind, size, dtype, parameters)", f"{type(local).__name__} {local.size} {local.dtype} "
+                         f"{local.risk.names}".encode(), ctx)
+        check_consistent("model parameters", list(local.risk.parameters()), ctx)
+        self.local_num_data = local.risk.num_data
+        self.num_data = global_count(self.local_num_data, ctx)
+        self._vectors_checked = False
+
+    @property
+    def kind(self) -> str:
+        return self.local.kind
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        if not self._vectors_checked:
+            check_consistent("product input V (the same seed on every rank?)", V, self.ctx)
+            self._vectors_checked = True
+        out = self.local.matmat(V) * self.local_num_data
+        return all_reduce_sum(out.contiguous(), self.ctx) / self.num_data
+
+    def __repr__(self) -> str:
+        return f"DistributedOperator({self.local!r}, rank {self.ctx.rank} of {self.ctx.world_size}, N={self.num_data})"
+
+
+def reduce_gradient_sums(sums: GradientSums, ctx: DistributedContext) -> GradientSums:
+    """The :class:`deepnet.passes.GradientSums` of the whole data set from each rank's
+    sums over its shard: ``S``, the cell weights, the counts and the squared norms are
+    sums over examples, so each is the all-reduced sum of the shards' (every rank
+    gets the result). Checks first that the ranks summed the same parameters."""
+    if not ctx.active or ctx.world_size == 1:
+        return sums
+    check_consistent("gradient sums (parameters, weighting)", f"{sums.names} {sums.numels} {sums.weighted} "
+                     f"{sums.num_classes} {sums.squared_norms is None}".encode(), ctx)
+
+    def reduced(table: np.ndarray) -> np.ndarray:
+        return all_reduce_sum(torch.as_tensor(np.ascontiguousarray(table)).to(ctx.device), ctx).cpu().numpy()
+
+    return dataclasses.replace(
+        sums,
+        sums=all_reduce_sum(sums.sums.clone(), ctx),
+        counts=reduced(sums.counts),
+        cell_weights=reduced(sums.cell_weights),
+        squared_norms=None if sums.squared_norms is None else reduced(sums.squared_norms),
+    )
+
+
+def distributed_decomposition(
+    risk: EmpiricalRisk, sums: GradientSums, ctx: DistributedContext, *, max_columns: int = 8
+) -> CrossClassDecomposition:
+    """:func:`deepnet.structure.decompose_gradients` of the whole data set: ``sums``
+    already reduced (:func:`reduce_gradient_sums`), ``risk`` the rank's shard, and the
+    within part ``G - class - cross - diag`` taken with the global
+    ``G = DistributedOperator(GaussNewtonOperator(risk))``."""
+    from .structure import decompose_gradients
+
+    if not ctx.active or ctx.world_size == 1:
+        return decompose_gradients(risk, sums, max_columns=max_columns)
+    if sums.squared_norms is None:
+        raise ValueError("sums: computed with squared_norms='none'; the traces (tr G, within) need them")
+    sums = sums.restrict(risk.names) if sums.names != tuple(risk.names) else sums
+    if sums.sums.dtype != risk.dtype or sums.num_classes != risk.num_classes:
+        raise ValueError(f"sums: classes/dtype do not match the risk's ({risk.num_classes} classes, {risk.dtype})")
+    total = DistributedOperator(GaussNewtonOperator(risk, max_columns=max_columns), ctx)
+    acc = CrossClassAccumulator.from_sums(sums.sums, sums.cell_weights, sums.squared_norms.sum(axis=2), sums.counts, sums.weighted)
+    return acc.finalize(total=total)
