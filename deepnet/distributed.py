@@ -53,6 +53,7 @@ __all__ = [
     "DistributedContext",
     "DistributedOperator",
     "InconsistentRanksError",
+    "PeerFailureError",
     "all_reduce_sum",
     "check_consistent",
     "global_count",
@@ -74,6 +75,10 @@ _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 class InconsistentRanksError(ValueError):
     """Ranks disagree on data or model that must be replicated."""
+
+
+class PeerFailureError(RuntimeError):
+    """A collective failed: a peer rank exited or did not answer within the timeout."""
 
 
 @dataclass(frozen=True)
@@ -252,11 +257,11 @@ def _all_gather_bytes(payload: bytes, ctx: DistributedContext) -> list[bytes]:
 
 def _collective(caller: str, what: str, ctx: DistributedContext, call: Callable[[], object]) -> None:
     """Run the collective ``call``; a failure (a peer rank exited, or did not answer
-    within ``ctx.timeout_s``) becomes a ``RuntimeError`` that says so."""
+    within ``ctx.timeout_s``) becomes a :class:`PeerFailureError` that says so."""
     try:
         call()
-    except (RuntimeError, dist.DistBackendError) as error:
-        raise RuntimeError(
+    except RuntimeError as error:
+        raise PeerFailureError(
             f"{caller}: rank {ctx.rank} of {ctx.world_size} could not complete the {what} within "
             f"{ctx.timeout_s:g} s: a peer rank has exited or stopped responding ({error})"
         ) from error
@@ -265,7 +270,7 @@ def _collective(caller: str, what: str, ctx: DistributedContext, call: Callable[
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
     """``sum_r tensor_r`` over the ranks, in place, returned (the tensor itself for a
     single process). A peer that died or stopped makes this fail after
-    ``ctx.timeout_s`` seconds with a ``RuntimeError`` naming the collective."""
+    ``ctx.timeout_s`` seconds with a :class:`PeerFailureError` naming the collective."""
     if not ctx.active or ctx.world_size == 1:
         return tensor
     _collective(
