@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from deepnet.data import load_subset
 from deepnet.distributed import (
@@ -54,7 +54,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PER_CLASS = 6
 BATCH = 7  # not a divisor of the shard size: batches are cut differently than in one process
 KINDS = ("hessian", "G", "E")
-SPECTRUM = dict(operators=("G",), num_outliers=3, num_steps=16, num_repeats=2, seed=3, batch_size=BATCH)
+SPECTRUM = {"operators": ("G",), "num_outliers": 3, "num_steps": 16, "num_repeats": 2, "seed": 3, "batch_size": BATCH}
 PRODUCT_RTOL, SPECTRUM_RTOL = 1e-12, 1e-9
 
 
