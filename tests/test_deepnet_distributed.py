@@ -322,3 +322,39 @@ def test_a_rank_that_dies_mid_pass_makes_the_other_fail(runs):
     assert "rank 0 of 2 could not complete the all-reduce" in survivor["error"]
     assert "a peer rank has exited or stopped responding" in survivor["error"]
     assert survivor["seconds"] < TIMEOUT_S + 5, survivor["seconds"]
+
+
+@pytest.mark.slow
+def test_torchrun_spectrum_command_equals_one_process(tmp_path):
+    """``torchrun --nproc-per-node 2 -m deepnet spectrum`` (Gloo on CPU): rank 0 alone prints
+    and writes the run folder, whose numbers are those of ``python -m deepnet spectrum``."""
+    import json
+    import subprocess
+    import sys
+
+    from deepnet.__main__ import main
+    from deepnet.train import TrainConfig, train
+
+    config = TrainConfig(dataset="fashion-mnist", per_class=6, model="mlp", model_kwargs={"depth": 1, "width": 6},
+                         epochs=2, lr=0.05, batch_size=20, seed=1, data_seed=1)
+    with pytest.warns(UserWarning, match="lr_milestones"):
+        train(config, tmp_path / "run", device="cpu", show_progress=False)
+    options = ["--checkpoint", str(tmp_path / "run"), "--device", "cpu", "--float64", "--batch-size", "40",
+               "--num-outliers", "3", "--num-steps", "12", "--num-repeats", "2", "--max-iterations", "10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPNET_DIST_TIMEOUT": "60",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(_free_port()), "-m", "deepnet", "spectrum", *options, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("spectrum: wrote") == 1, done.stdout  # rank 1 prints nothing
+    with pytest.warns(RuntimeWarning):
+        assert main(["spectrum", *options, "--out", str(tmp_path / "one")]) == 0
+    one, two = (json.loads((tmp_path / name / "results.json").read_text())["spectra"] for name in ("one", "two"))
+    assert two["num_data"] == one["num_data"] == 60
+    for a, b in zip(one["spectra"], two["spectra"]):
+        _close(b["top"]["eigenvalues"], a["top"]["eigenvalues"], SPECTRUM_RTOL)
+        _close(b["log_density"]["density"], a["log_density"]["density"], SPECTRUM_RTOL)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
