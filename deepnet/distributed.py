@@ -140,8 +140,9 @@ def init_distributed(
     initialised and :meth:`DistributedContext.single` is returned. The backend is
     Gloo for a CPU ``device`` and NCCL for CUDA (``"cuda"`` means
     ``cuda:LOCAL_RANK``); every collective fails after ``timeout_s`` seconds
-    without its peers instead of waiting for ever. Idempotent: a second call in
-    an initialised process returns the current group's context."""
+    without its peers instead of waiting for ever (with NCCL, its watchdog ends the
+    process after the timeout, and torchrun then stops the other ranks). Idempotent:
+    in a process whose group is already initialised, its backend is kept."""
     timeout_s = check_real("timeout_s", timeout_s, 0.0, low_open=True)
     if not launched():
         return DistributedContext.single(_resolve_device(device, 0), timeout_s)
@@ -158,7 +159,9 @@ def init_distributed(
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _resolve_device(device, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
+    if dist.is_initialized():
+        backend = str(dist.get_backend())
+    else:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(
