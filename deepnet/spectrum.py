@@ -12,7 +12,9 @@ For each operator ``A`` (:mod:`deepnet.operators`):
 :func:`compute_spectra` is the library entry point; ``python -m deepnet spectrum
 --checkpoint RUN [--operator hessian G E] [--out DIR]`` loads a checkpoint of
 ``python -m deepnet train``, rebuilds its training subset and writes
-``results.json``, ``report.md`` and ``spectra.png`` to a run folder.
+``results.json``, ``report.md`` and ``spectra.png`` to a run folder. Under
+``torchrun`` every rank holds a shard of the data and the products are all-reduced
+(:class:`deepnet.distributed.DistributedOperator`); only rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from theory.runs import RunFolder, claim_run
 from theory.spectrum import Spectrum, spectrum
 
 from .analysis import default_out, load_analysis
+from .distributed import DistributedContext, DistributedOperator
 from .operators import METHODS, OPERATORS, EmpiricalRisk, curvature_operator
 
 __all__ = ["Spectra", "compute_spectra", "expected_products", "announce_products", "spectra_figure", "spectra_report", "add_arguments", "run"]
@@ -130,6 +133,7 @@ def compute_spectra(
     method: str = "double-backward",
     max_columns: int = 8,
     show_progress: bool = False,
+    ctx: DistributedContext | None = None,
     **density_changes: Any,
 ) -> Spectra:
     """One :func:`theory.spectrum.spectrum` record per operator.
@@ -140,6 +144,9 @@ def compute_spectra(
     :class:`theory.density.DensitySettings`) with ``density_changes`` replacing its
     fields (``num_steps=...``, ``num_repeats=...``, ``kappa=...``, ``eps=...``,
     ``seed=...``) sets the densities, and its seed the eigenpairs' too.
+    ``ctx`` (data-parallel, under torchrun): ``data`` is this rank's shard, every
+    product is all-reduced over the ranks (:class:`deepnet.distributed.DistributedOperator`)
+    and the result, the same on every rank, is that of the whole data set.
     """
     ops = _check_settings(list(operators), num_outliers, tol, max_iterations, which, method)
     settings = density_settings(density, **density_changes)
@@ -154,6 +161,8 @@ def compute_spectra(
     for kind in ops:
         start = time.perf_counter()
         op = curvature_operator(kind, risk, max_columns=max_columns, method=method)
+        if ctx is not None and ctx.active:
+            op = DistributedOperator(op, ctx)
         if show_progress:  # before the long part: what it will cost, from one measured product
             announce_products(op, expected_products(k, settings), f"spectrum {LABELS[kind]}", settings.seed)
         results.append(spectrum(op, k, settings, name=kind, which=which, tol=tol, max_iterations=max_iterations,
@@ -163,7 +172,8 @@ def compute_spectra(
         operators=list(ops), num_outliers=k, which=which, tol=tol, max_iterations=max_iterations, method=method,
         batch_size=risk.batch_size, max_columns=max_columns, **dataclasses.asdict(settings),
     )
-    return Spectra(tuple(results), risk.size, risk.num_data, risk.num_classes, risk.names,
+    num_data = op.num_data if isinstance(op, DistributedOperator) else risk.num_data
+    return Spectra(tuple(results), risk.size, num_data, risk.num_classes, risk.names,
                    str(risk.dtype), str(risk.device), seconds, record)
 
 
@@ -320,23 +330,30 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size: expected a positive integer, got {args.batch_size}")
     checkpoint = Path(args.checkpoint)
     out = default_out("spectrum", checkpoint, args.out)
-    model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device)
-    settings = {k: v for k, v in vars(args).items() if k not in ("device", "out")}
+    ctx = getattr(args, "distributed", None)  # set by python -m deepnet under torchrun
+    model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device, ctx=ctx)
+    settings = {k: v for k, v in vars(args).items() if k not in ("device", "out", "distributed")}
     settings["checkpoint"] = str(checkpoint.resolve())
+    if ctx is not None and not ctx.is_writer:  # the same products as rank 0, nothing written
+        _compute_and_write(args, model, data, num_classes, config, density, checkpoint, None, ctx)
+        return 0
     with claim_run(out, "deepnet spectrum", settings) as folder:  # before any product: a bad --out costs nothing
-        _compute_and_write(args, model, data, num_classes, config, density, checkpoint, folder)
+        _compute_and_write(args, model, data, num_classes, config, density, checkpoint, folder, ctx)
     print(f"spectrum: wrote {out}")
     return 0
 
 
 def _compute_and_write(args: argparse.Namespace, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
-                       num_classes: int, config: Any, density: DensitySettings, checkpoint: Path, folder: RunFolder) -> None:
+                       num_classes: int, config: Any, density: DensitySettings, checkpoint: Path, folder: RunFolder | None,
+                       ctx: DistributedContext | None) -> None:
     spectra = compute_spectra(
         model, data, operators=args.operator, params=args.params, batch_size=args.batch_size,
         num_classes=num_classes, dtype=torch.float64 if args.float64 else None, num_outliers=args.num_outliers,
         which=args.which, density=density, tol=args.tol, max_iterations=args.max_iterations, method=args.method,
-        max_columns=args.max_columns, show_progress=True,
+        max_columns=args.max_columns, show_progress=True, ctx=ctx,
     )
+    if folder is None:
+        return
     model_name = getattr(config, "model", type(model).__name__)
     dataset = getattr(config, "dataset", "")
     source = f"Checkpoint `{checkpoint}` ({model_name} on {dataset}, {args.split} split). "

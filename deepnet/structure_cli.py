@@ -8,7 +8,9 @@ attribution of ``G`` (whole network, and per layer with ``--layers``) and the
 Hessian comparison. Writes, each file atomically and only once everything is
 computed: ``results.json`` first, then ``report.md``, ``attribution.png`` (and
 ``attribution-<layer>.png``) and ``hessian.png``. Every stage draws a progress bar
-with an ETA on standard error.
+with an ETA on standard error. Under ``torchrun`` every rank holds a shard of the
+data: the gradient sums and every product are all-reduced
+(:mod:`deepnet.distributed`) and only rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ from theory.progress import progress
 from theory.runs import RunFolder
 
 from .analysis import default_out, load_analysis
+from .distributed import (
+    DistributedContext,
+    DistributedOperator,
+    distributed_decomposition,
+    reduce_gradient_sums,
+)
 from .operators import METHODS, EmpiricalRisk, curvature_operator
 from .passes import gradient_sums
-from .structure import decompose_gradients, layer_parameters, restricted_risk
+from .structure import layer_parameters, restricted_risk
 from .structure_report import (
     GradientAttribution,
     HessianStructure,
@@ -116,13 +124,15 @@ def structure_report(
     max_columns: int = 32,
     seed: int = 0,
     show_progress: bool = False,
+    ctx: DistributedContext | None = None,
 ) -> dict[str, Any]:
     """Everything the command computes for ``risk``: ``network`` and ``layers``
     (:class:`GradientAttribution`, ``G`` in ``analyses``), ``hessian``
     (:class:`HessianStructure`, ``H`` in ``analyses``), traces and seconds.
     ``per_layer``: attribute every layer of ``layers`` (None: every module owning
     parameters); the layer names are checked before any pass over the data. ``num_top``:
-    top eigenpairs of ``G`` (default ``3 C``)."""
+    top eigenpairs of ``G`` (default ``3 C``). ``ctx`` (data-parallel): ``risk`` is this
+    rank's shard; the sums are all-reduced and ``G``, ``H`` are the whole data set's."""
     density = DensitySettings(seed=seed) if density is None else density
     groups = layer_parameters(risk, layers) if per_layer else {}
     C = risk.num_classes
@@ -134,11 +144,12 @@ def structure_report(
     source = _ProgressBatches(risk, "gradient means (C backward passes per batch)")
     sums_risk = EmpiricalRisk(risk.model, source, params=list(risk.names), num_classes=C)
     source.enabled = show_progress
-    sums = gradient_sums(sums_risk, weighted=weighted)
+    ctx = DistributedContext.single(risk.device) if ctx is None else ctx
+    sums = reduce_gradient_sums(gradient_sums(sums_risk, weighted=weighted), ctx)
     seconds["gradient_means"] = time.perf_counter() - start
-    whole = decompose_gradients(risk, sums, max_columns=max_columns)
+    whole = distributed_decomposition(risk, sums, ctx, max_columns=max_columns)
     options = {"density": density, "eig_tol": tol, "max_iterations": max_iterations, "seed": seed, "show_progress": show_progress}
-    out: dict[str, Any] = {"num_parameters": risk.size, "num_data": risk.num_data, "num_classes": C,
+    out: dict[str, Any] = {"num_parameters": risk.size, "num_data": whole.num_examples, "num_classes": C,
                            "weighted": weighted, "num_top": k}
     network = None
     if "G" in analyses:
@@ -147,7 +158,8 @@ def structure_report(
         out["network"] = network
         out["layers"] = {}
         for label, names in groups.items():
-            layer = decompose_gradients(restricted_risk(risk, list(names)), sums.restrict(names), max_columns=max_columns)
+            layer = distributed_decomposition(restricted_risk(risk, list(names)), sums.restrict(names), ctx,
+                                              max_columns=max_columns)
             kl = min(k, layer.dim - density.num_steps - 2)
             if kl < 1:
                 continue
@@ -155,6 +167,7 @@ def structure_report(
             seconds[f"attribution {label}"] = out["layers"][label].seconds
     if "H" in analyses:
         hessian = curvature_operator("hessian", risk, max_columns=max_columns, method=method)
+        hessian = DistributedOperator(hessian, ctx) if ctx.active else hessian
         g_pairs = None if network is None else top_pairs(network.report)
         start = time.perf_counter()
         out["hessian"] = hessian_structure(
@@ -254,16 +267,19 @@ def run(args: argparse.Namespace) -> int:
     density = _check(args)
     checkpoint = Path(args.checkpoint)
     out = default_out("structure", checkpoint, args.out)
-    model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device)
+    ctx = getattr(args, "distributed", None)  # set by python -m deepnet under torchrun
+    model, data, num_classes, config = load_analysis(checkpoint, args.split, args.device, ctx=ctx)
     risk = EmpiricalRisk(model, data, batch_size=args.batch_size, num_classes=num_classes,
                          dtype=torch.float64 if args.float64 else None)
     results = structure_report(
         risk, analyses=tuple(args.operator), layers=args.layers or None, per_layer=args.layers is not None,
         weighted=args.weighting == "weighted", num_top=args.num_top, density=density, tol=args.tol,
         max_iterations=args.max_iterations, method=args.method, max_columns=args.max_columns, seed=args.seed,
-        show_progress=True,
+        show_progress=True, ctx=ctx,
     )
-    results["settings"] = {k: v for k, v in vars(args).items()}
+    if ctx is not None and not ctx.is_writer:
+        return 0
+    results["settings"] = {k: v for k, v in vars(args).items() if k != "distributed"}
     model_name = getattr(config, "model", type(model).__name__)
     dataset = getattr(config, "dataset", "")
     results["checkpoint"], results["config"] = str(checkpoint), config
