@@ -46,7 +46,7 @@ import torch.distributed as dist
 
 from theory.checks import check_int, check_real
 from theory.operators import SymmetricOperator
-from theory.structure import CrossClassAccumulator, CrossClassDecomposition
+from theory.structure import CrossClassDecomposition
 
 from .kfac import KFACFactors
 from .operators import CurvatureOperator, EmpiricalRisk, GaussNewtonOperator
@@ -420,11 +420,5 @@ def distributed_decomposition(
 
     if not ctx.active or ctx.world_size == 1:
         return decompose_gradients(risk, sums, max_columns=max_columns)
-    if sums.squared_norms is None:
-        raise ValueError("sums: computed with squared_norms='none'; the traces (tr G, within) need them")
-    sums = sums.restrict(risk.names) if sums.names != tuple(risk.names) else sums
-    if sums.sums.dtype != risk.dtype or sums.num_classes != risk.num_classes:
-        raise ValueError(f"sums: classes/dtype do not match the risk's ({risk.num_classes} classes, {risk.dtype})")
     total = DistributedOperator(GaussNewtonOperator(risk, max_columns=max_columns), ctx)
-    acc = CrossClassAccumulator.from_sums(sums.sums, sums.cell_weights, sums.squared_norms.sum(axis=2), sums.counts, sums.weighted)
-    return acc.finalize(total=total)
+    return decompose_gradients(risk, sums, max_columns=max_columns, total=total)

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from theory.checks import check_int
+from theory.operators import SymmetricOperator
 from theory.structure import CrossClassAccumulator, CrossClassDecomposition
 
 from .operators import EmpiricalRisk, GaussNewtonOperator, select_parameters
@@ -95,13 +96,15 @@ def decompose_gradients(
     weighted: bool = True,
     vectorize: bool = True,
     max_columns: int = 8,
+    total: SymmetricOperator | None = None,
 ) -> CrossClassDecomposition:
     """``G = class + cross + within + diag`` of ``risk``'s selected parameters.
 
     ``sums``: cell sums over at least those parameters (from :func:`gradient_sums`, with
     squared norms); computed here (``weighted``, ``vectorize``) when None. The within
-    part is ``GaussNewtonOperator(risk) - (class + cross + diag)``; ``max_columns`` goes
-    to that operator.
+    part is ``total - (class + cross + diag)``, ``total`` by default
+    ``GaussNewtonOperator(risk, max_columns=max_columns)`` (the data-parallel G of
+    :func:`deepnet.distributed.distributed_decomposition` otherwise).
     """
     max_columns = check_int("max_columns", max_columns, 1)
     if sums is None:
@@ -119,7 +122,7 @@ def decompose_gradients(
     acc = CrossClassAccumulator.from_sums(
         sums.sums, sums.cell_weights, sums.squared_norms.sum(axis=2), sums.counts, sums.weighted
     )
-    return acc.finalize(total=GaussNewtonOperator(risk, max_columns=max_columns))
+    return acc.finalize(total=GaussNewtonOperator(risk, max_columns=max_columns) if total is None else total)
 
 
 def layer_decompositions(
