@@ -129,19 +129,28 @@ def _matrices(V: torch.Tensor, d_out: int, d_in: int) -> torch.Tensor:
     return V.T.reshape(V.shape[1], d_out, d_in)
 
 
+def _eigh(factor: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of ``factor`` scaled to entries of at most 1 (tiny error factors of
+    deep layers stay well within range); a non-finite factor is a ``FloatingPointError``."""
+    if not bool(torch.isfinite(factor).all()):
+        raise FloatingPointError(f"kron: the {name} factor is not finite (the training diverged)")
+    scale = float(factor.abs().max()) or 1.0
+    values, vectors = torch.linalg.eigh(factor / scale)
+    return values * scale, vectors
+
+
 class KFACInverse(SymmetricOperator):
     """``(w B (x) A + lambda I)^{-1}`` of a one-term :class:`KroneckerSum` ``kron`` in its
     out-major order, applied exactly from ``B = U diag(beta) U^T``, ``A = V diag(a) V^T``:
     ``vec(X) -> vec(U [(U^T X V) / (w beta_o a_i + lambda)] V^T)``; ``damping`` ``lambda > 0``.
-    Eigenvalues below 0 (round-off of PSD factors) are set to 0."""
+    Eigenvalues below 0 (round-off of PSD factors) are set to 0; all in the factors' dtype."""
 
     def __init__(self, kron: KroneckerSum, damping: float):
         if not isinstance(kron, KroneckerSum) or kron.num_terms != 1:
             raise ArgumentError(f"kron: expected a KroneckerSum of one term (K-FAC), got {getattr(kron, 'num_terms', type(kron).__name__)!r} terms")
         self.damping = check_real("damping", damping, 0.0, low_open=True)
         super().__init__(kron.size, kron.dtype, kron.device)
-        a, self.in_vectors = torch.linalg.eigh(kron.inputs[0].to(torch.float64))
-        b, self.out_vectors = torch.linalg.eigh(kron.outputs[0].to(torch.float64))
+        (a, self.in_vectors), (b, self.out_vectors) = _eigh(kron.inputs[0], "inputs"), _eigh(kron.outputs[0], "outputs")
         w = float(kron.weights[0])
         self.denominator = (w * b.clamp(min=0)[:, None] * a.clamp(min=0)[None, :] + self.damping).to(self.dtype)
         self.in_vectors, self.out_vectors = self.in_vectors.to(self.dtype), self.out_vectors.to(self.dtype)
