@@ -95,7 +95,7 @@ class OptimiseSettings:
 
 @dataclass(frozen=True)
 class RunCurve:
-    """One run: per epoch (from 1) the train / test loss and error after it and ``seconds``, the
+    """One run: per epoch (0: the initial weights) the train / test loss and error after it and ``seconds``, the
     cumulative wall time of the training steps; ``step_ms`` the mean time of one step (gradient
     and update), ``cg_products`` the mean PCG products per step (summed over the layers; 0 but
     for the corrected form). ``diverged``: a non-finite loss stopped it (the arrays end there)."""
@@ -117,11 +117,11 @@ class RunCurve:
 
     @property
     def final_test_error(self) -> float:
-        return math.inf if self.diverged or not self.test_error.size else float(self.test_error[-1])
+        return math.inf if self.diverged else float(self.test_error[-1])
 
     @property
     def final_test_loss(self) -> float:
-        return math.inf if self.diverged or not self.test_loss.size else float(self.test_loss[-1])
+        return math.inf if self.diverged else float(self.test_loss[-1])
 
 
 def _optimizer(model: torch.nn.Module, optimiser: str, config: TrainConfig, damping: float | None,
@@ -148,6 +148,7 @@ def train_run(settings: OptimiseSettings, data: DataBundle, optimiser: str, lr: 
         torch.manual_seed(config.seed)
         model = build_model(config.model, data.num_classes, data.in_shape, **config.model_kwargs).to(device)
         opt = _optimizer(model, optimiser, config, damping, settings)
+        rows.append((0, *evaluate(model, data.train, config.eval_batch_size, device), *evaluate(model, data.test, config.eval_batch_size, device), 0.0))
         for epoch in range(config.epochs):
             for group in opt.param_groups:
                 group["lr"] = learning_rate(config, epoch)
@@ -247,7 +248,7 @@ def _select(runs: Sequence[RunCurve], optimiser: str) -> Best:
         optimiser=optimiser, lr=lr, damping=damping, runs=tuple(idx), final_test_error=float(np.mean(errors)),
         final_test_error_range=(min(errors), max(errors)), final_test_loss=float(np.mean([r.final_test_loss for r in chosen])),
         step_ms=float(np.mean([r.step_ms for r in chosen])), cg_products=float(np.mean([r.cg_products for r in chosen])),
-        seconds=float(np.mean([r.seconds[-1] if r.seconds.size else math.nan for r in chosen])),
+        seconds=float(np.mean([r.seconds[-1] for r in chosen])),
     )
 
 
@@ -292,15 +293,14 @@ def compare(settings: OptimiseSettings, *, device: str | torch.device | None = "
 def _curves_figure(comparison: Comparison) -> Any:
     fig, axes = new_figure(1, 2, figsize=(10, 4.2), layout="constrained")
     for ax, axis, xlabel in ((axes[0], "epoch", "epoch"), (axes[1], "seconds", "training wall time (s)")):
-        for r in comparison.runs:
-            kept = r in [comparison.runs[i] for i in comparison.best[r.optimiser].runs]
-            if r.test_error.size:
-                ax.plot(getattr(r, axis), r.test_error, color=COLORS[r.optimiser], lw=1.6 if kept else 0.7,
+        for i, r in enumerate(comparison.runs):
+            kept = i in comparison.best[r.optimiser].runs
+            ax.plot(getattr(r, axis), r.test_error, "o-" if kept else "-", ms=2.5, color=COLORS[r.optimiser], lw=1.6 if kept else 0.7,
                         alpha=1.0 if kept else 0.3, label=LABELS[r.optimiser] if kept else None)
         set_labels(ax, xlabel, "test error")
     axes[0].set_title("kept setting of each optimiser (faint: the rest of the sweep)")
     axes[1].set_title(f"{comparison.threads} CPU thread(s)" if comparison.device == "cpu" else comparison.device)
-    top = max(float(np.max(r.test_error)) for r in comparison.runs if r.test_error.size)
+    top = max(float(np.max(r.test_error)) for r in comparison.runs)
     for ax in axes:
         ax.set_ylim(min(b.final_test_error for b in comparison.best.values() if math.isfinite(b.final_test_error)) * 0.9, min(top, 0.9) * 1.05)
     figure_legend(fig, axes, ncols=3)
@@ -359,7 +359,7 @@ def _report(c: Comparison) -> str:
               "| optimiser | lr | damping | seed | final test error | final train error | ms / step | diverged |",
               "|---|---|---|---|---|---|---|---|"]
     for r in c.runs:
-        train_error = f"{r.train_error[-1]:.4f}" if r.train_error.size and not r.diverged else "-"
+        train_error = "-" if r.diverged else f"{r.train_error[-1]:.4f}"
         test_error = f"{r.final_test_error:.4f}" if math.isfinite(r.final_test_error) else "-"
         lines.append(f"| {LABELS[r.optimiser]} | {r.lr:g} | {'-' if r.damping is None else f'{r.damping:g}'} | {r.seed} | "
                      f"{test_error} | {train_error} | {r.step_ms:.1f} | {'yes' if r.diverged else 'no'} |")
@@ -392,7 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--depth", type=int, default=4, help="hidden layers (default %(default)s; the paper: 8)")
     net.add_argument("--width", type=int, default=64, help="hidden units (default %(default)s; the paper: 2048)")
     proto = parser.add_argument_group("protocol (deepnet.train)")
-    proto.add_argument("--epochs", type=int, default=10, help="default %(default)s")
+    proto.add_argument("--epochs", type=int, default=15, help="default %(default)s")
     proto.add_argument("--batch-size", type=int, default=t.batch_size, help="default %(default)s")
     proto.add_argument("--momentum", type=float, default=t.momentum, help="default %(default)s")
     proto.add_argument("--weight-decay", type=float, default=t.weight_decay, help="default %(default)s")
