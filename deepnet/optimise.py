@@ -66,7 +66,7 @@ class OptimiseSettings:
     fisher: str = "true"
     cg_tol: float = 1e-2
     cg_maxiter: int = 10
-    seeds: int = 1
+    seeds: int = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.train, TrainConfig):
@@ -295,14 +295,17 @@ def _curves_figure(comparison: Comparison) -> Any:
     for ax, axis, xlabel in ((axes[0], "epoch", "epoch"), (axes[1], "seconds", "training wall time (s)")):
         for i, r in enumerate(comparison.runs):
             kept = i in comparison.best[r.optimiser].runs
-            ax.plot(getattr(r, axis), r.test_error, "o-" if kept else "-", ms=2.5, color=COLORS[r.optimiser], lw=1.6 if kept else 0.7,
+            start = 1 if axis == "seconds" else 0  # a log time axis: from the first epoch
+            ax.plot(getattr(r, axis)[start:], r.test_error[start:], "o-" if kept else "-", ms=2.5, color=COLORS[r.optimiser], lw=1.6 if kept else 0.7,
                         alpha=1.0 if kept else 0.3, label=LABELS[r.optimiser] if kept else None)
         set_labels(ax, xlabel, "test error")
+    axes[1].set_xscale("log")
     axes[0].set_title("kept setting of each optimiser (faint: the rest of the sweep)")
     axes[1].set_title(f"{comparison.threads} CPU thread(s)" if comparison.device == "cpu" else comparison.device)
     top = max(float(np.max(r.test_error)) for r in comparison.runs)
+    low = min(float(np.min(comparison.runs[i].test_error)) for b in comparison.best.values() for i in b.runs)
     for ax in axes:
-        ax.set_ylim(min(b.final_test_error for b in comparison.best.values() if math.isfinite(b.final_test_error)) * 0.9, min(top, 0.9) * 1.05)
+        ax.set_ylim(low * 0.95, min(top, 0.9) * 1.05)
     figure_legend(fig, axes, ncols=3)
     return fig
 
@@ -318,17 +321,23 @@ def _report(c: Comparison) -> str:
     per = "run" if s.seeds == 1 else "runs"
     counts = {o: sum(r.optimiser == o for r in c.runs) // s.seeds for o in OPTIMISERS}
     ms = {o: best[o].step_ms for o in OPTIMISERS}
+    second = min(others, key=lambda o: (best[o].final_test_error, best[o].final_test_loss))
+    overlap = ""
+    if s.seeds > 1:
+        apart = best[w].final_test_error_range[1] < best[second].final_test_error_range[0]
+        overlap = f" (every seed beats every seed of {LABELS[second]})" if apart else " (the ranges over the seeds of the two overlap)"
 
     def reach(o: str) -> str:
         t, e = c.time_to_target[o], c.epochs_to_target[o]
-        return "never" if t is None else f"{t:.1f} s (epoch {e:g})"
+        return "not reached by every seed" if t is None else f"{t:.1f} s (epoch {e:g})"
 
     lines = [
         "# Optimisers: SGD, K-FAC and the class-aware K-FAC",
         "",
         f"**{LABELS[w]} wins**: final test error {best[w].final_test_error:.4f} against "
         + " and ".join(f"{best[o].final_test_error:.4f} ({LABELS[o]})" for o in others)
-        + f" after {cfg.epochs} epochs, {100 * c.margin:.2f} points better than the runner-up.",
+        + f" after {cfg.epochs} epochs (mean over {s.seeds} seed{'s' if s.seeds > 1 else ''}), {100 * c.margin:.2f} points "
+        f"better than the runner-up{overlap}.",
         f"One corrected step costs **{c.corrected_per_kfac:.2f} K-FAC steps** (mean over all their runs; kept settings: "
         f"{ms['corrected']:.1f} ms against {ms['kfac']:.1f} ms, SGD {ms['sgd']:.1f} ms, {best['corrected'].cg_products:.1f} "
         "PCG products per corrected step).",

