@@ -120,7 +120,7 @@ def steps(args: argparse.Namespace, X: torch.Tensor, Y: torch.Tensor, in_shape: 
                     opt.step()
         return job
 
-    kw = dict(lr=1e-4, damping=args.damping, momentum=0.9, refresh=T, cg_tol=args.cg_tol, cg_maxiter=args.cg_maxiter)
+    kw = {"lr": 1e-4, "damping": args.damping, "momentum": 0.9, "refresh": T, "cg_tol": args.cg_tol, "cg_maxiter": args.cg_maxiter}
     jobs = {
         "gradient pass": gradient,
         "SGD": run(lambda m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9), False),

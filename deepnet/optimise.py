@@ -42,9 +42,16 @@ from .data import DataBundle, dataset_from_config, iterate_batches
 from .kfac import FISHER_TYPES
 from .models import build_model
 from .preconditioner import KFACOptimizer
-from .train import TrainConfig, _epoch_seed, deterministic_mode, evaluate, learning_rate, resolve_device
+from .train import (
+    TrainConfig,
+    _epoch_seed,
+    deterministic_mode,
+    evaluate,
+    learning_rate,
+    resolve_device,
+)
 
-__all__ = ["OPTIMISERS", "OptimiseSettings", "RunCurve", "Comparison", "train_run", "compare", "write_comparison", "add_arguments", "run"]
+__all__ = ["OPTIMISERS", "Comparison", "OptimiseSettings", "RunCurve", "add_arguments", "compare", "run", "train_run", "write_comparison"]
 
 OPTIMISERS = ("sgd", "kfac", "corrected")
 LABELS = {"sgd": "SGD", "kfac": "K-FAC", "corrected": "corrected K-FAC"}
@@ -338,23 +345,23 @@ def _report(c: Comparison) -> str:
         + " and ".join(f"{best[o].final_test_error:.4f} ({LABELS[o]})" for o in others)
         + f" after {cfg.epochs} epochs (mean over {s.seeds} seed{'s' if s.seeds > 1 else ''}), {100 * c.margin:.2f} points "
         f"better than the runner-up{overlap}.",
-        f"One corrected step costs **{c.corrected_per_kfac:.2f} K-FAC steps** (mean over all their runs; kept settings: "
+        (f"One corrected step costs **{c.corrected_per_kfac:.2f} K-FAC steps** (mean over all their runs; kept settings: "
         f"{ms['corrected']:.1f} ms against {ms['kfac']:.1f} ms, SGD {ms['sgd']:.1f} ms, {best['corrected'].cg_products:.1f} "
-        "PCG products per corrected step).",
+        "PCG products per corrected step)."),
         f"Against wall time, to reach test error {c.target_error:.4f} (the worst kept final error): "
         + "; ".join(f"{LABELS[o]} {reach(o)}" for o in OPTIMISERS) + ".",
         f"Runs per setting: {s.seeds} ({per} with seed{'s' if s.seeds > 1 else ''} "
         f"{', '.join(str(cfg.seed + i) for i in range(s.seeds))}); settings swept: "
         + ", ".join(f"{counts[o]} {LABELS[o]}" for o in OPTIMISERS) + "; the kept setting has the lowest final test error.",
         "",
-        f"* data: {cfg.dataset}, {cfg.per_class or 'all'} per class (subset seed {cfg.data_seed}): {c.train_size} training, "
-        f"{c.test_size} test examples",
+        (f"* data: {cfg.dataset}, {cfg.per_class or 'all'} per class (subset seed {cfg.data_seed}): {c.train_size} training, "
+        f"{c.test_size} test examples"),
         f"* model: MLP without batch norm, {cfg.model_kwargs.get('depth')} hidden layers of {cfg.model_kwargs.get('width')}",
-        f"* protocol (deepnet.train): {cfg.epochs} epochs, batch {cfg.batch_size}, momentum {cfg.momentum:g}, weight decay "
-        f"{cfg.weight_decay:g}, lr x{cfg.lr_decay:g} at {', '.join(f'{f:.3g}' for f in cfg.lr_milestones)} of the epochs",
-        f"* K-FAC / corrected: {s.fisher} Fisher factors of the current batch every {s.refresh} steps, exact damped K-FAC "
+        (f"* protocol (deepnet.train): {cfg.epochs} epochs, batch {cfg.batch_size}, momentum {cfg.momentum:g}, weight decay "
+        f"{cfg.weight_decay:g}, lr x{cfg.lr_decay:g} at {', '.join(f'{f:.3g}' for f in cfg.lr_milestones)} of the epochs"),
+        (f"* K-FAC / corrected: {s.fisher} Fisher factors of the current batch every {s.refresh} steps, exact damped K-FAC "
         f"inverse; corrected solve by PCG preconditioned by it to relative residual {s.cg_tol:g}, at most {s.cg_maxiter} "
-        "products per layer",
+        "products per layer"),
         f"* timing: {c.device}, {c.threads} thread(s); wall time counts the training steps, not the evaluation",
         "",
         "| optimiser | kept setting | final test error (min, max) | test loss | ms / step | PCG products / step | training s |",

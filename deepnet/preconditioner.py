@@ -35,7 +35,7 @@ from .kfac import FISHER_TYPES, LayerFactors, kfac_factors
 from .layers import select_layers
 from .operators import _BATCH_NORM, _DROPOUT, EmpiricalRisk
 
-__all__ = ["FORMS", "PCGResult", "KFACInverse", "KFACOptimizer", "kfac_inverse", "pcg", "solve_corrected"]
+__all__ = ["FORMS", "KFACInverse", "KFACOptimizer", "PCGResult", "kfac_inverse", "pcg", "solve_corrected"]
 
 FORMS = ("kfac", "corrected")
 
@@ -131,12 +131,19 @@ def _matrices(V: torch.Tensor, d_out: int, d_in: int) -> torch.Tensor:
 
 def _eigh(factor: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh`` of ``factor`` scaled to entries of at most 1 (tiny error factors of
-    deep layers stay well within range); a non-finite factor is a ``FloatingPointError``."""
+    deep layers stay well within range), in the factor's dtype; where that fails to converge
+    (many equal eigenvalues, e.g. the zeros of dead ReLU units), in float64 with ``1e-12`` added
+    to the diagonal. A non-finite factor is a ``FloatingPointError``."""
     if not bool(torch.isfinite(factor).all()):
         raise FloatingPointError(f"kron: the {name} factor is not finite (the training diverged)")
     scale = float(factor.abs().max()) or 1.0
-    values, vectors = torch.linalg.eigh(factor / scale)
-    return values * scale, vectors
+    scaled = factor / scale
+    try:
+        values, vectors = torch.linalg.eigh(scaled)
+    except torch.linalg.LinAlgError:
+        eye = torch.eye(scaled.shape[0], dtype=torch.float64, device=scaled.device)
+        values, vectors = torch.linalg.eigh(scaled.to(torch.float64) + 1e-12 * eye)
+    return (values * scale).to(factor.dtype), vectors.to(factor.dtype)
 
 
 class KFACInverse(SymmetricOperator):

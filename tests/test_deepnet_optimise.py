@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from deepnet import __main__ as cli
-from deepnet.optimise import OptimiseSettings, compare, train_run
 from deepnet.data import dataset_from_config
+from deepnet.optimise import OptimiseSettings, compare, train_run
 from deepnet.train import TrainConfig, resolve_device, train
 from theory.checks import ArgumentError
 

@@ -11,7 +11,13 @@ from torch import nn
 from deepnet.kfac import kfac_factors
 from deepnet.models import MLP
 from deepnet.operators import EmpiricalRisk
-from deepnet.preconditioner import KFACInverse, KFACOptimizer, kfac_inverse, pcg, solve_corrected
+from deepnet.preconditioner import (
+    KFACInverse,
+    KFACOptimizer,
+    kfac_inverse,
+    pcg,
+    solve_corrected,
+)
 from theory.checks import ArgumentError
 from theory.kronecker_sum import KroneckerSum
 
@@ -188,7 +194,7 @@ def test_momentum_and_refresh_period():
 
 
 def test_bad_input_is_named():
-    model, X, Y = _tiny()
+    model = _tiny()[0]
     with pytest.raises(ArgumentError, match="model: .*BatchNorm1d"):
         KFACOptimizer(MLP((5,), 3, depth=1, width=4), lr=0.1, damping=0.1)
     with pytest.raises(ArgumentError, match="damping"):
@@ -202,3 +208,24 @@ def test_bad_input_is_named():
         pcg(lambda V: V, torch.ones(3), tol=0.0)
     with pytest.raises(ArgumentError, match="x0"):
         pcg(lambda V: V, torch.ones(3), x0=torch.ones(4))
+
+
+def test_kfac_inverse_survives_an_eigh_that_fails_to_converge(monkeypatch):
+    """Where eigh of a factor fails (it does on float32 factors with many zero eigenvalues from
+    dead units), the float64 retry gives the same exact inverse."""
+    gen = torch.Generator().manual_seed(7)
+    H, D = _spd(4, gen, rank=2).float(), (_spd(3, gen) * 1e-6).float()
+    eigh, failed = torch.linalg.eigh, []
+
+    def flaky(A):
+        if A.dtype == torch.float32:
+            failed.append(A.shape)
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return eigh(A)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    got = KFACInverse(KroneckerSum([H], [D]), 1e-7).to_dense().double()
+    monkeypatch.undo()
+    dense = torch.linalg.inv(torch.kron(D.double(), H.double()) + 1e-7 * torch.eye(12, dtype=torch.float64))
+    assert len(failed) == 2 and got.dtype == torch.float64
+    assert torch.allclose(got, dense, rtol=0, atol=1e-5 * dense.abs().max())  # float32 factors
