@@ -153,6 +153,23 @@ def test_one_optimiser_step_matches_dense_reference(form):
     assert (opt.last_iterations > 0) == (form == "corrected")
 
 
+@pytest.mark.parametrize("form", ["kfac", "corrected"])
+def test_one_optimiser_step_on_conv_layers(form):
+    """Conv2d layers (with and without bias, stride 2): the "expand" factors, the weight as
+    ``out x (in kh kw)``, against the same dense reference."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 2, stride=2, bias=False), nn.Flatten(),
+                          nn.Linear(8, 3)).double()
+    X = torch.randn(9, 2, 4, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    Y = torch.arange(9) % 3
+    expected = _dense_step(model, X, Y, form, 0.3, 0.05)
+    opt = KFACOptimizer(model, lr=0.3, damping=0.05, form=form, cg_tol=1e-14, cg_maxiter=500)
+    F.cross_entropy(model(X), Y).backward()
+    opt.step(batch=(X, Y))
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.detach(), expected[name], rtol=0, atol=1e-11), name
+
+
 def test_momentum_and_refresh_period():
     """Two steps with momentum m and refresh T = 5: the second direction uses the first step's
     factors and the buffer ``m d_1 + d_2``; a step that refreshes needs the batch."""
