@@ -10,21 +10,30 @@ Monte Carlo Fisher with one label and the empirical Fisher (one backward pass ea
 then, per layer, a product of ``--columns`` columns with K-FAC and with the corrected
 form. Timings are the best of ``--repeats`` interleaved rounds after a warm-up.
 
+Then one optimiser step (``deepnet.preconditioner.KFACOptimizer``; the same MLP without batch
+norm, a batch of ``--step-batch``): SGD, K-FAC and the corrected form, each timed over
+``--refresh`` steps (one factor refresh among them, so the refresh is amortised as in
+training), in units of one gradient pass over that batch, and the corrected / K-FAC ratio.
+
 Run: ``python bench/kfac.py [--per-class 300] [--batch-size 500] [--threads 1]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from products import best_times
 
 from deepnet.data import load_subset
 from deepnet.kfac import kfac_factors
 from deepnet.models import MLP
 from deepnet.operators import EmpiricalRisk
+from deepnet.preconditioner import KFACOptimizer
 
 
 def main() -> None:
@@ -40,6 +49,11 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--step-batch", type=int, default=128, help="batch of the timed optimiser steps (default 128)")
+    parser.add_argument("--refresh", type=int, default=20, help="steps between factor refreshes T (default 20)")
+    parser.add_argument("--damping", type=float, default=0.1)
+    parser.add_argument("--cg-tol", type=float, default=1e-2)
+    parser.add_argument("--cg-maxiter", type=int, default=10)
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     if args.threads is not None:
@@ -78,6 +92,51 @@ def main() -> None:
         ops = {which: layer.operator(which) for which in ("kfac", "corrected")}
         p = best_times({which: (lambda op=op, V=V: op.matmat(V)) for which, op in ops.items()}, max(args.repeats, 5))
         print(f"{name:<10s} {layer.size:9d} {1e3 * p['kfac']:9.3f} {1e3 * p['corrected']:9.3f} {p['corrected'] / p['kfac']:12.2f}")
+    steps(args, X, Y, data.in_shape, C)
+
+
+def steps(args: argparse.Namespace, X: torch.Tensor, Y: torch.Tensor, in_shape: tuple[int, ...], C: int) -> None:
+    """Mean time of one optimiser step over ``--refresh`` steps, in gradient passes over the batch."""
+    torch.manual_seed(args.seed)
+    base = MLP(in_shape, C, depth=args.mlp_depth, width=args.mlp_width, batch_norm=False).to(X.device)
+    pick = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(args.seed))[: args.step_batch].to(X.device)
+    x, y = X[pick], Y[pick]
+    T = args.refresh
+
+    def gradient() -> None:
+        base.zero_grad(set_to_none=True)
+        F.cross_entropy(base(x), y).backward()
+
+    def run(make: Callable[[torch.nn.Module], torch.optim.Optimizer], preconditioned: bool) -> Callable[[], None]:
+        def job() -> None:
+            model = copy.deepcopy(base)
+            opt = make(model)
+            for _ in range(T):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
+                if preconditioned:
+                    opt.step(batch=(x, y))
+                else:
+                    opt.step()
+        return job
+
+    kw = {"lr": 1e-4, "damping": args.damping, "momentum": 0.9, "refresh": T, "cg_tol": args.cg_tol, "cg_maxiter": args.cg_maxiter}
+    jobs = {
+        "gradient pass": gradient,
+        "SGD": run(lambda m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9), False),
+        "K-FAC": run(lambda m: KFACOptimizer(m, form="kfac", **kw), True),
+        "corrected": run(lambda m: KFACOptimizer(m, form="corrected", **kw), True),
+    }
+    t = best_times(jobs, args.repeats)
+    grad = t.pop("gradient pass")
+    print(f"\none optimiser step: MLP {args.mlp_depth} x {args.mlp_width} (no BN), batch {args.step_batch}, factors every "
+          f"{T} steps (amortised), damping {args.damping:g}, PCG tol {args.cg_tol:g} / at most {args.cg_maxiter} products per layer")
+    head = f"{'optimiser':<12s} {'ms/step':>9s} {'/gradient':>10s} {'/K-FAC':>7s}"
+    print(head + "\n" + "-" * len(head))
+    for name, seconds in t.items():
+        step = seconds / T
+        print(f"{name:<12s} {1e3 * step:9.2f} {step / grad:10.2f} {seconds / t['K-FAC']:7.2f}")
+    print(f"corrected / K-FAC step: {t['corrected'] / t['K-FAC']:.2f}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ COMMANDS = {
     "layers": ("deepnet.layers_cli", "features, errors, Kronecker structure and weights of a checkpoint layer by layer"),
     "sweep": ("deepnet.sweep", "outliers, bump and bulk of G over saved epochs and training-set sizes (resumable)"),
     "kfac": ("deepnet.kfac_cli", "spectra of K-FAC and of its class-aware correction against G layer by layer"),
+    "optimise": ("deepnet.optimise", "SGD, K-FAC and the class-aware K-FAC as optimisers of the MLP: test error against epochs and wall time"),
 }
 
 DATA_PARALLEL = ("spectrum", "structure", "train")
