@@ -34,6 +34,7 @@ import dataclasses
 import datetime
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,9 +57,9 @@ __all__ = [
     "PeerFailureError",
     "all_reduce_sum",
     "check_consistent",
-    "global_count",
     "checksum",
     "distributed_decomposition",
+    "global_count",
     "init_distributed",
     "launched",
     "reduce_gradient_sums",
@@ -318,6 +319,8 @@ class DistributedOperator(SymmetricOperator):
     (:func:`check_consistent`); the first product also checks that ``V`` is the same
     on every rank (a spectral method seeded differently on some rank). A rank that
     dies makes the others' next product fail after at most ``ctx.timeout_s`` seconds.
+    ``local_seconds`` / ``reduce_seconds``: the wall time of the last product spent in
+    the shard's product and in the all-reduce (including any wait for a slower rank).
     """
 
     def __init__(self, local: CurvatureOperator, ctx: DistributedContext):
@@ -333,6 +336,7 @@ class DistributedOperator(SymmetricOperator):
         self.local_num_data = local.risk.num_data
         self.num_data = global_count(self.local_num_data, ctx)
         self._vectors_checked = False
+        self.local_seconds = self.reduce_seconds = 0.0
 
     @property
     def kind(self) -> str:
@@ -342,8 +346,12 @@ class DistributedOperator(SymmetricOperator):
         if not self._vectors_checked:
             check_consistent("product input V (the same seed on every rank?)", V, self.ctx)
             self._vectors_checked = True
-        out = self.local.matmat(V) * self.local_num_data
-        return all_reduce_sum(out.contiguous(), self.ctx) / self.num_data
+        start = time.perf_counter()
+        out = (self.local.matmat(V) * self.local_num_data).contiguous()
+        middle = time.perf_counter()
+        all_reduce_sum(out, self.ctx)
+        self.local_seconds, self.reduce_seconds = middle - start, time.perf_counter() - middle
+        return out / self.num_data
 
     def __repr__(self) -> str:
         return f"DistributedOperator({self.local!r}, rank {self.ctx.rank} of {self.ctx.world_size}, N={self.num_data})"

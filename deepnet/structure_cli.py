@@ -30,7 +30,12 @@ from theory.progress import progress
 from theory.runs import RunFolder
 
 from .analysis import default_out, load_analysis
-from .distributed import DistributedContext, DistributedOperator, distributed_decomposition, reduce_gradient_sums
+from .distributed import (
+    DistributedContext,
+    DistributedOperator,
+    distributed_decomposition,
+    reduce_gradient_sums,
+)
 from .operators import METHODS, EmpiricalRisk, curvature_operator
 from .passes import gradient_sums
 from .structure import layer_parameters, restricted_risk
