@@ -198,3 +198,21 @@ def test_batches_too_small_for_the_ranks_are_refused():
     _check_micro_batches(100, 25, plain, 25)
     with pytest.raises(ValueError, match="use at most 25 ranks"):
         _check_micro_batches(100, 25, plain, 26)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_stops_and_resumes_to_the_reference_weights(reference, tmp_path):
+    """The README's commands: ``torchrun --nproc-per-node 2 -m deepnet train ... --stop-after 1``, then the same
+    command without it (a resume), end with the weights of the 2-rank reference, bitwise."""
+    tmp, _ = reference
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPNET_DIST_TIMEOUT": "60",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for stop in (["--stop-after", "1"], []):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                   "--master-port", str(free_port()), "-m", "deepnet", *ARGS, *stop, "--out", str(tmp_path / "run")]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("final test error") == 1, done.stdout  # rank 1 prints nothing
+    a, b = states(tmp_path / "run"), states(tmp / "run")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert without_seconds(a["history"]) == without_seconds(b["history"])
