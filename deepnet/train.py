@@ -57,6 +57,7 @@ import json
 import math
 import os
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -557,15 +558,20 @@ def _shard(split: Split, ctx: DistributedContext) -> Split:
 @contextlib.contextmanager
 def _peer_failures(ctx: DistributedContext, during: str, then: str = "") -> Iterator[None]:
     """A collective that fails within the block (a rank exited, or did not answer within
-    ``ctx.timeout_s``: Gloo's and NCCL's errors) becomes a
-    :class:`deepnet.distributed.PeerFailureError` that says so (and ``then``, what is
-    left); other errors pass unchanged."""
+    ``ctx.timeout_s``) becomes a :class:`deepnet.distributed.PeerFailureError` that says
+    so (and ``then``, what is left); other errors pass unchanged. Gloo raises a plain
+    ``RuntimeError``: a collective's is told by a frame in ``torch.distributed`` or
+    ``torch.nn.parallel`` (DDP's forward) or, from DDP's hooks in the backward pass,
+    by its message (Gloo's or NCCL's source, a timeout)."""
     try:
         yield
     except RuntimeError as error:
         text = str(error)
-        if not isinstance(error, (PeerFailureError, dist.DistError)) and not any(
-            word in text.lower() for word in ("gloo", "nccl")
+        frames = (f.filename.replace(os.sep, "/") for f in traceback.extract_tb(error.__traceback__))
+        if not (
+            isinstance(error, (PeerFailureError, dist.DistError))
+            or any("torch/distributed/" in f or "torch/nn/parallel/" in f for f in frames)
+            or any(word in text.lower() for word in ("gloo", "nccl", "timeout", "timed out"))
         ):
             raise
         raise PeerFailureError(

@@ -216,3 +216,17 @@ def test_torchrun_trains_stops_and_resumes_to_the_reference_weights(reference, t
     a, b = states(tmp_path / "run"), states(tmp / "run")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
     assert without_seconds(a["history"]) == without_seconds(b["history"])
+
+
+def test_only_failed_collectives_are_reported_as_lost_peers():
+    from deepnet.distributed import DistributedContext, PeerFailureError
+    from deepnet.train import _peer_failures
+
+    ctx = DistributedContext(1, 2, "gloo", torch.device("cpu"), 7.0)
+    with pytest.raises(PeerFailureError, match=r"rank 1 of 2 stopped in epoch 3: a peer rank exited or did not answer "
+                                               r"within 7 s \(Application timeout caused pair closure\); resume"):
+        with _peer_failures(ctx, "epoch 3", "resume"):
+            raise RuntimeError("Application timeout caused pair closure")  # Gloo's words from DDP's buffer broadcast
+    with pytest.raises(RuntimeError, match="^mat1 and mat2 shapes cannot be multiplied$"):  # the model's own error
+        with _peer_failures(ctx, "epoch 3"):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
