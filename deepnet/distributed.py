@@ -21,7 +21,9 @@ vectors drawn from the same seed.
 * :class:`DistributedOperator`: a :class:`deepnet.operators.CurvatureOperator` on
   the rank's shard made global, ``A V = all_reduce(N_r A_r V) / N``.
 * :func:`reduce_gradient_sums`: the cell sums of :func:`deepnet.passes.gradient_sums`
-  over the shards added up (they are sums over examples already).
+  over the shards added up (they are sums over examples already);
+  :func:`reduce_kfac_factors` the class-conditional K-FAC factors of
+  :func:`deepnet.kfac.kfac_factors` (class averages, so re-weighted by the counts).
 * :func:`shard_dataset`: the rank's shard of ``(images, labels)`` after checking that
   every rank loaded the same data; :func:`distributed_decomposition` the
   ``G = class + cross + within + diag`` of :mod:`deepnet.structure` with the global
@@ -46,6 +48,7 @@ from theory.checks import check_int, check_real
 from theory.operators import SymmetricOperator
 from theory.structure import CrossClassAccumulator, CrossClassDecomposition
 
+from .kfac import KFACFactors
 from .operators import CurvatureOperator, EmpiricalRisk, GaussNewtonOperator
 from .passes import GradientSums
 
@@ -63,6 +66,7 @@ __all__ = [
     "init_distributed",
     "launched",
     "reduce_gradient_sums",
+    "reduce_kfac_factors",
     "shard_dataset",
     "shard_indices",
     "shutdown",
@@ -136,8 +140,9 @@ def init_distributed(
     initialised and :meth:`DistributedContext.single` is returned. The backend is
     Gloo for a CPU ``device`` and NCCL for CUDA (``"cuda"`` means
     ``cuda:LOCAL_RANK``); every collective fails after ``timeout_s`` seconds
-    without its peers instead of waiting for ever. Idempotent: a second call in
-    an initialised process returns the current group's context."""
+    without its peers instead of waiting for ever (with NCCL, its watchdog ends the
+    process after the timeout, and torchrun then stops the other ranks). Idempotent:
+    in a process whose group is already initialised, its backend is kept."""
     timeout_s = check_real("timeout_s", timeout_s, 0.0, low_open=True)
     if not launched():
         return DistributedContext.single(_resolve_device(device, 0), timeout_s)
@@ -154,7 +159,9 @@ def init_distributed(
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _resolve_device(device, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
+    if dist.is_initialized():
+        backend = str(dist.get_backend())
+    else:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(
@@ -368,7 +375,7 @@ def reduce_gradient_sums(sums: GradientSums, ctx: DistributedContext) -> Gradien
                      f"{sums.num_classes} {sums.squared_norms is None}".encode(), ctx)
 
     def reduced(table: np.ndarray) -> np.ndarray:
-        return all_reduce_sum(torch.as_tensor(np.ascontiguousarray(table)).to(ctx.device), ctx).cpu().numpy()
+        return all_reduce_sum(torch.tensor(table, device=ctx.device), ctx).cpu().numpy()  # a copy: the input stays
 
     return dataclasses.replace(
         sums,
@@ -377,6 +384,29 @@ def reduce_gradient_sums(sums: GradientSums, ctx: DistributedContext) -> Gradien
         cell_weights=reduced(sums.cell_weights),
         squared_norms=None if sums.squared_norms is None else reduced(sums.squared_norms),
     )
+
+
+def reduce_kfac_factors(factors: KFACFactors, ctx: DistributedContext) -> KFACFactors:
+    """The :class:`deepnet.kfac.KFACFactors` of the whole data set from each rank's
+    factors of its shard: per layer and class, ``H_c = sum_r n_c^r H_c^r / n_c`` and
+    ``Delta_c`` alike (``n_c = sum_r n_c^r``), ``pi_c = n_c / N``. Exact for the ``"true"``
+    and ``"empirical"`` Fisher; with ``"mc"`` each rank draws its own labels, so the
+    factors are a different Monte Carlo sample than one process's."""
+    if not ctx.active or ctx.world_size == 1:
+        return factors
+    layers = list(factors.layers.values())
+    check_consistent("K-FAC factors (layers, shapes, Fisher)", repr([(f.name, f.weight_shape, f.num_positions) for f in layers]
+                     + [factors.fisher, factors.mc_samples, factors.num_classes]).encode(), ctx)
+    counts = all_reduce_sum(torch.tensor(layers[0].counts, dtype=torch.int64, device=ctx.device), ctx).cpu().numpy()
+    out = {}
+    for f in layers:
+        n_local = torch.as_tensor(f.counts, dtype=f.class_features.dtype, device=f.class_features.device)[:, None, None]
+        n = torch.as_tensor(np.maximum(counts, 1), dtype=f.class_features.dtype, device=f.class_features.device)[:, None, None]
+        features = all_reduce_sum((f.class_features * n_local).contiguous(), ctx) / n
+        errors = all_reduce_sum((f.class_errors * n_local).contiguous(), ctx) / n
+        out[f.name] = dataclasses.replace(f, counts=counts.copy(), class_weights=counts / counts.sum(),
+                                          class_features=features, class_errors=errors)
+    return dataclasses.replace(factors, num_examples=int(counts.sum()), layers=out)
 
 
 def distributed_decomposition(

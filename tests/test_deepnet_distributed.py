@@ -1,11 +1,11 @@
 """Data parallelism (deepnet.distributed) against one process, with 2 Gloo ranks on loopback.
 
-A small MLP on real Fashion-MNIST (6 examples per class, images average-pooled to 7 x 7,
+A small MLP on real Fashion-MNIST (5 examples per class, images average-pooled to 7 x 7,
 a few steps of gradient descent so that the probabilities are not uniform) in float64.
-Each rank holds the class-balanced half of the data; the products of H, G and E, the
+Each rank holds its class-balanced shard (30 and 20 examples); the products of H, G and E, the
 top eigenvalues and the bulk density of a spectrum (same seed), the gradient sums
 (class / cross-class means, weights, counts, squared norms) and the within part of
-the structure decomposition must equal the single-process numbers.
+the structure decomposition and the K-FAC factors must equal the single-process numbers.
 
 Tolerance: the data-parallel result is ``(N_0 A_0 V + N_1 A_1 V) / N`` with
 ``A_r V`` the average over a shard, the same terms as one process but summed in another
@@ -40,9 +40,11 @@ from deepnet.distributed import (
     distributed_decomposition,
     init_distributed,
     reduce_gradient_sums,
+    reduce_kfac_factors,
     shard_dataset,
     shard_indices,
 )
+from deepnet.kfac import kfac_factors
 from deepnet.models import MLP
 from deepnet.operators import EmpiricalRisk, GaussNewtonOperator, curvature_operator
 from deepnet.passes import gradient_sums
@@ -51,9 +53,10 @@ from deepnet.structure import decompose_gradients
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PER_CLASS = 6
+PER_CLASS = 5  # odd: rank 0 holds 3 of each class, rank 1 holds 2, so the shards weigh 30 : 20
 BATCH = 7  # not a divisor of the shard size: batches are cut differently than in one process
 KINDS = ("hessian", "G", "E")
+FISHERS = ("true", "empirical")  # "mc" draws labels per rank: another sample, not the same numbers
 SPECTRUM = {"operators": ("G",), "num_outliers": 3, "num_steps": 16, "num_repeats": 2, "seed": 3, "batch_size": BATCH}
 PRODUCT_RTOL, SPECTRUM_RTOL = 1e-12, 1e-9
 
@@ -61,7 +64,7 @@ PRODUCT_RTOL, SPECTRUM_RTOL = 1e-12, 1e-9
 def _problem() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The model (float64, eval mode) and data every test uses."""
     bundle = load_subset("fashion-mnist", per_class=PER_CLASS, seed=0)
-    X = F.avg_pool2d(bundle.train.images, 4).to(torch.float64)  # (60, 1, 7, 7)
+    X = F.avg_pool2d(bundle.train.images, 4).to(torch.float64)  # (50, 1, 7, 7)
     Y = bundle.train.labels
     torch.manual_seed(0)
     model = MLP((1, 7, 7), bundle.num_classes, depth=1, width=12, batch_norm=False).to(torch.float64)
@@ -91,10 +94,15 @@ def _equal(ctx: DistributedContext, model, X, Y) -> dict:
     V = _vectors(risk.size)
     products = {kind: DistributedOperator(curvature_operator(kind, risk), ctx).matmat(V) for kind in KINDS}
     spectra = compute_spectra(model, (Xs, Ys), ctx=ctx, **SPECTRUM)
-    sums = reduce_gradient_sums(gradient_sums(risk), ctx)
+    local_sums = gradient_sums(risk)
+    sums = reduce_gradient_sums(local_sums, ctx)
     within = distributed_decomposition(risk, sums, ctx).within_part.as_operator().matmat(V)
-    return {"labels": Ys, "products": products, "spectra": spectra, "sums": sums, "within": within,
-            "num_data": spectra.num_data}
+    local_kfac = {fisher: kfac_factors(risk, fisher=fisher) for fisher in FISHERS}
+    kfac = {fisher: reduce_kfac_factors(factors, ctx) for fisher, factors in local_kfac.items()}
+    shard_counts = [local_sums.counts, local_sums.cell_weights.sum(1)] + [
+        f.counts for factors in local_kfac.values() for f in factors.layers.values()]
+    return {"labels": Ys, "products": products, "spectra": spectra, "sums": sums, "within": within, "kfac": kfac,
+            "num_data": spectra.num_data, "shard_counts": shard_counts}
 
 
 def _mismatch(ctx: DistributedContext, model, X, Y) -> dict:
@@ -227,7 +235,7 @@ def test_shards_partition_the_data_class_balanced(problem):
     _, _, Y = problem
     shards = [shard_indices(Y, r, 4) for r in range(4)]
     assert torch.equal(torch.sort(torch.cat(shards)).values, torch.arange(Y.numel()))
-    for s in shards:  # 6 per class over 4 ranks: 1 or 2 of every class on each rank
+    for s in shards:  # 5 per class over 4 ranks: 1 or 2 of every class on each rank
         counts = torch.bincount(Y[s], minlength=10)
         assert int(counts.min()) >= 1 and int(counts.max()) <= 2 and torch.equal(s, torch.sort(s).values)
     assert torch.equal(shard_indices(Y, 3, 4), shards[3])  # deterministic
@@ -235,9 +243,9 @@ def test_shards_partition_the_data_class_balanced(problem):
 
 def test_world_size_above_examples_per_class_is_refused(problem):
     _, X, Y = problem
-    with pytest.raises(ValueError, match=r"world_size: expected at most 6 ranks .* got 7"):
-        shard_indices(Y, 0, 7)
-    ctx = DistributedContext(0, 7, "gloo", torch.device("cpu"), 1.0)  # refused before any collective
+    with pytest.raises(ValueError, match=rf"world_size: expected at most {PER_CLASS} ranks .* got {PER_CLASS + 1}"):
+        shard_indices(Y, 0, PER_CLASS + 1)
+    ctx = DistributedContext(0, PER_CLASS + 1, "gloo", torch.device("cpu"), 1.0)  # refused before any collective
     with pytest.raises(ValueError, match="world_size"):
         shard_dataset(X, Y, ctx)
     with pytest.raises(ValueError, match="rank"):
@@ -305,6 +313,31 @@ def test_gradient_means_equal_one_process(problem, equal_runs):
         _close(r["within"], within, PRODUCT_RTOL)
 
 
+def test_reductions_leave_the_shard_sums_alone(equal_runs):
+    """The shard's own counts are not overwritten by the reduced ones (3, then 2 per class)."""
+    for rank, r in enumerate(equal_runs):
+        counts, weights, *layers = r["shard_counts"]
+        own = (PER_CLASS + 1 - rank) // 2
+        assert np.array_equal(counts, np.full(10, own)) and np.allclose(weights, own)
+        assert all(np.array_equal(c, counts) for c in layers)
+
+
+def test_kfac_factors_equal_one_process(problem, equal_runs):
+    model, X, Y = problem
+    risk = EmpiricalRisk(model, (X, Y), batch_size=BATCH)
+    for fisher in FISHERS:
+        reference = kfac_factors(risk, fisher=fisher)
+        for r in equal_runs:
+            ours = r["kfac"][fisher]
+            assert ours.num_examples == reference.num_examples == Y.numel() and list(ours.layers) == list(reference.layers)
+            for name, ref in reference.layers.items():
+                layer = ours.layers[name]
+                assert np.array_equal(layer.counts, ref.counts)
+                _close(layer.class_weights, ref.class_weights, PRODUCT_RTOL)
+                _close(layer.class_features, ref.class_features, PRODUCT_RTOL)
+                _close(layer.class_errors, ref.class_errors, PRODUCT_RTOL)
+
+
 def test_ranks_that_disagree_fail_with_a_clear_error(runs):
     results = runs[1]["mismatch"]
     for r in results:  # every rank raises, naming what differs
@@ -346,7 +379,7 @@ def test_torchrun_spectrum_command_equals_one_process(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(_free_port()), "-m", "deepnet", "spectrum", *options, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
+        check=False, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("spectrum: wrote") == 1, done.stdout  # rank 1 prints nothing
