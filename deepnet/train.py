@@ -20,6 +20,27 @@ the folder first (``run.json`` with its settings, ``.lock``:
 :func:`theory.runs.claim_run`) and adds ``results.json``, ``report.md`` and
 ``curves.png`` (see :func:`write_run`).
 
+Data parallel (``torchrun --nproc-per-node W -m deepnet train ...``; Gloo on the
+CPU, NCCL on CUDA, :mod:`deepnet.distributed`): the model is wrapped in
+``DistributedDataParallel`` and every rank draws the same epoch order, so the
+global batches are those of one process; rank ``r`` takes the ``r``-th of ``W``
+contiguous near-equal pieces of each (``n_r`` of its ``n`` examples) and
+back-propagates ``W * sum_{i in r} loss_i / n``, which DDP's average over the
+ranks turns into the gradient of the global batch mean ``(1/n) sum_i loss_i``,
+exactly as one process (micro-batches of unequal size included). The weights,
+momentum and schedule are therefore those of one process up to round-off (the
+order of the sums) for a model without batch norm; with batch norm each rank
+normalises by its own micro-batch's statistics (torch's SyncBatchNorm runs on
+GPUs only) and the running statistics kept are rank 0's (DDP broadcasts them
+before every forward; they are broadcast again before each evaluation), which
+differs from one process. The evaluation is split by class over the ranks and its
+sums all-reduced. Only rank 0 prints and writes (the run folder, checkpoints); on
+resume rank 0 reads its checkpoint and broadcasts it, so the others need no copy.
+Before training the ranks compare checksums of the settings, the data and the
+model (:func:`deepnet.distributed.check_consistent`); a rank that dies makes the
+others stop with :class:`deepnet.distributed.PeerFailureError` (at once when its
+connection closes, at the latest after the group's timeout) instead of waiting.
+
 Failures: a non-finite loss stops the run (:class:`TrainingDiverged`, naming the
 epoch, step and learning rate) before its epoch is checkpointed, so the last
 good checkpoint stays; a damaged checkpoint is refused by name
@@ -32,27 +53,44 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
 import os
 import time
+import traceback
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from theory.checks import ArgumentError, check_int, check_real
 from theory.figures import new_figure
 from theory.progress import progress
 from theory.runs import RunFolder, claim_run
 
-from .data import DataBundle, Split, canonical_name, dataset_from_config, iterate_batches
+from .data import DataBundle, Split, batch_bounds, canonical_name, dataset_from_config, iterate_batches
+from .distributed import (
+    DEFAULT_TIMEOUT_S,
+    DistributedContext,
+    PeerFailureError,
+    all_reduce_sum,
+    check_consistent,
+    init_distributed,
+    launched,
+    shard_indices,
+    shutdown,
+)
 from .models import MODELS, build_model
+
+T = TypeVar("T")
 
 __all__ = [
     "TrainConfig",
@@ -230,20 +268,31 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and error rate of ``model`` in eval mode over ``split``
-    (sum-reduced per batch, divided by the number of examples)."""
+def _evaluation_sums(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``[sum_i loss_i, #misclassified]`` (float64, shape (2,)) of ``model`` in eval mode over ``split``."""
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
     for x, y in iterate_batches(split, batch_size, device=device):
         logits = model(x)
-        loss += F.cross_entropy(logits.double(), y, reduction="sum")
-        wrong += (logits.argmax(dim=1) != y).sum()
+        sums[0] += F.cross_entropy(logits.double(), y, reduction="sum")
+        sums[1] += (logits.argmax(dim=1) != y).sum()
     model.train(was_training)
-    n = max(len(split), 1)
-    return float(loss) / n, float(wrong) / n
+    return sums
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device,
+             ctx: DistributedContext | None = None, *, total: int | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and error rate of ``model`` in eval mode over ``split``
+    (sum-reduced per batch, divided by the number of examples). Data parallel
+    (``ctx``): ``split`` is this rank's shard, the sums are all-reduced and divided by
+    ``total``, the examples of all shards; every rank gets the same numbers."""
+    sums = _evaluation_sums(model, split, batch_size, device)
+    if ctx is not None:
+        sums = all_reduce_sum(sums, ctx)
+    n = max(len(split) if total is None else total, 1)
+    loss, wrong = sums.tolist()
+    return loss / n, wrong / n
 
 
 @dataclass(frozen=True)
@@ -253,6 +302,7 @@ class TrainResult:
     ``epoch`` counts from 1; losses are mean cross-entropies, errors fractions
     misclassified, both in eval mode after the epoch; ``seconds`` is the wall time
     of each epoch (training and evaluation). ``finished``: all epochs are done.
+    ``world_size``: the data-parallel ranks of this call (1: one process).
     """
 
     config: dict[str, Any]
@@ -275,6 +325,7 @@ class TrainResult:
     seconds: np.ndarray
     checkpoint: str
     model: nn.Module = field(metadata={"json": False}, repr=False)
+    world_size: int = 1
 
     @property
     def final_test_error(self) -> float:
@@ -286,7 +337,7 @@ class TrainResult:
 
 
 def _result(config: TrainConfig, data: DataBundle, model: nn.Module, history: list[dict[str, float]],
-            device: torch.device, deterministic: bool, checkpoint: Path) -> TrainResult:
+            device: torch.device, deterministic: bool, checkpoint: Path, world_size: int) -> TrainResult:
     def column(key: str, dtype: type = np.float64) -> np.ndarray:
         return np.array([row[key] for row in history], dtype=dtype)
 
@@ -311,6 +362,7 @@ def _result(config: TrainConfig, data: DataBundle, model: nn.Module, history: li
         seconds=column("seconds"),
         checkpoint=str(checkpoint),
         model=model,
+        world_size=world_size,
     )
 
 
@@ -336,6 +388,7 @@ def train(
     deterministic: bool = True,
     show_progress: bool = True,
     save_epochs: Sequence[int] = (),
+    ctx: DistributedContext | None = None,
 ) -> TrainResult:
     """Train ``config`` with checkpoints in the folder ``out``; return the run so far.
 
@@ -345,10 +398,15 @@ def train(
     resumes). ``deterministic``: see :func:`deterministic_mode`. ``save_epochs``:
     epochs (from 1, increasing, at most ``config.epochs``) after which a copy of the
     checkpoint is also kept as ``epoch_XXX.pt`` (:func:`epoch_checkpoint`).
+    ``ctx``: data parallel over an initialised process group (module docstring):
+    every rank calls this with the same arguments (checked), on ``ctx.device``
+    (``device`` is not used); rank 0 alone reads and writes ``out``.
     """
     save_epochs = check_save_epochs("save_epochs", save_epochs, config.epochs)
+    parallel = ctx is not None and ctx.active
+    writer = not parallel or ctx.is_writer
     milestones = milestone_epochs(config)
-    if len(set(milestones)) < len(milestones):  # warned when training, not on every load of the configuration
+    if len(set(milestones)) < len(milestones) and writer:  # warned when training, not on every load of the configuration
         warnings.warn(
             f"lr_milestones: {config.lr_milestones!r} of {config.epochs} epochs fall on epochs {list(milestones)}, "
             f"so the learning rate is decayed more than once in one epoch; train for more epochs "
@@ -357,19 +415,26 @@ def train(
         )
     if stop_after is not None:
         check_int("stop_after", stop_after, 0, what="or None")
-    device = resolve_device(device)
+    device = ctx.device if parallel else resolve_device(device)
     checkpoint_path = Path(out) / CHECKPOINT
+    if parallel:  # the data root may differ between machines: the data are compared below
+        settings = {"config": {**config.to_dict(), "root": None}, "resume": resume, "stop_after": stop_after,
+                    "deterministic": deterministic, "save_epochs": save_epochs}
+        check_consistent("training settings (configuration, resume, stop_after, deterministic, save_epochs)",
+                         json.dumps(settings, sort_keys=True).encode(), ctx)
     saved = None
-    if resume and checkpoint_path.exists():
-        saved = _read_checkpoint(checkpoint_path, device, "delete it, or run with --no-resume (resume=False), to start fresh")
-        mismatch = _config_mismatch(saved["config"], config)
-        if mismatch:
-            raise ValueError(
-                f"out: {checkpoint_path} holds a run of another configuration ({'; '.join(mismatch)}); "
-                "choose another run folder or start over without resuming"
-            )
+    if resume:
+        location = "cpu" if parallel else device  # broadcast from the CPU; load_state_dict moves it
+
+        def read() -> dict[str, Any] | None:
+            return _resume_checkpoint(checkpoint_path, config, location) if checkpoint_path.exists() else None
+
+        saved = _from_writer(ctx, read, "the checkpoint") if parallel else read()
     data = dataset_from_config(config, device)  # unknown data sets, missing files, bad subsets fail here
-    folder = RunFolder(out)
+    if parallel:
+        check_consistent("training data (images and labels)", [data.train.images, data.train.labels], ctx)
+        train_shard, test_shard = _shard(data.train, ctx), _shard(data.test, ctx)
+    folder = RunFolder(out) if writer else None
     cuda_devices = [device] if device.type == "cuda" else []
     with deterministic_mode(deterministic), torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
@@ -384,7 +449,14 @@ def train(
             history = list(saved["history"])
         start = len(history)
         stop = config.epochs if stop_after is None else min(config.epochs, start + stop_after)
-        for epoch in progress(range(start, stop), total=stop - start, desc=f"train {config.model}", enabled=show_progress):
+        net: nn.Module = model
+        if parallel:
+            _check_micro_batches(len(data.train), config.batch_size, model, ctx.world_size)
+            check_consistent("model parameters and buffers", list(model.state_dict().values()), ctx)
+            with _peer_failures(ctx, "the set-up of DistributedDataParallel"):
+                net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        for epoch in progress(range(start, stop), total=stop - start, desc=f"train {config.model}",
+                              enabled=show_progress and writer):
             began = time.perf_counter()
             lr = learning_rate(config, epoch)
             for group in optimizer.param_groups:
@@ -392,21 +464,40 @@ def train(
             seed = _epoch_seed(config.seed, epoch)
             torch.manual_seed(seed)
             order = torch.Generator().manual_seed(seed)
-            model.train()
+            net.train()
             losses = []
-            for x, y in iterate_batches(data.train, config.batch_size, device=device, generator=order):
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach())
-            train_loss, train_error = evaluate(model, data.train, config.eval_batch_size, device)
-            test_loss, test_error = evaluate(model, data.test, config.eval_batch_size, device)
-            _check_finite(torch.stack(losses), train_loss, test_loss, epoch, lr, checkpoint_path, len(history))
+            kept = (f"rank 0's checkpoint after epoch {len(history)} is kept in {checkpoint_path}; run the same "
+                    "torchrun command again to resume" if history else "no checkpoint was written yet")
+            with _peer_failures(ctx, f"epoch {epoch + 1}", kept) if parallel else contextlib.nullcontext():
+                for x, y, n in _batches(data.train, config.batch_size, device, order, ctx if parallel else None):
+                    optimizer.zero_grad(set_to_none=True)
+                    if parallel:  # this rank's part of the global batch mean; DDP averages W * part over the W ranks
+                        part = F.cross_entropy(net(x), y, reduction="sum") / n
+                        (part * ctx.world_size).backward()
+                    else:
+                        part = F.cross_entropy(net(x), y)
+                        part.backward()
+                    optimizer.step()
+                    losses.append(part.detach())
+                batch_losses = torch.stack(losses)
+                if parallel:
+                    all_reduce_sum(batch_losses, ctx)  # the global batches' mean losses, the same on every rank
+                    for buffer in model.buffers():  # rank 0's batch-norm statistics, as checkpointed
+                        dist.broadcast(buffer, src=0)
+                    train_loss, train_error = evaluate(model, train_shard, config.eval_batch_size, device, ctx,
+                                                       total=len(data.train))
+                    test_loss, test_error = evaluate(model, test_shard, config.eval_batch_size, device, ctx,
+                                                     total=len(data.test))
+                else:
+                    train_loss, train_error = evaluate(model, data.train, config.eval_batch_size, device)
+                    test_loss, test_error = evaluate(model, data.test, config.eval_batch_size, device)
+            _check_finite(batch_losses, train_loss, test_loss, epoch, lr, checkpoint_path, len(history))
             history.append({
                 "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": train_error,
                 "test_loss": test_loss, "test_error": test_error, "seconds": time.perf_counter() - began,
             })
+            if folder is None:
+                continue
             state = {
                 "format": _FORMAT, "config": config.to_dict(), "data": _data_info(data), "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -416,7 +507,95 @@ def train(
                 folder.save_torch(epoch_checkpoint(epoch + 1), state)
             folder.write_json(LOG, {"config": config, "history": history})
     model.eval()
-    return _result(config, data, model, history, device, deterministic, checkpoint_path)
+    return _result(config, data, model, history, device, deterministic, checkpoint_path, ctx.world_size if parallel else 1)
+
+
+def _resume_checkpoint(path: Path, config: TrainConfig, map_location: str | torch.device) -> dict[str, Any]:
+    """The checkpoint at ``path``, refused unless it holds a run of ``config``."""
+    saved = _read_checkpoint(path, map_location, "delete it, or run with --no-resume (resume=False), to start fresh")
+    mismatch = _config_mismatch(saved["config"], config)
+    if mismatch:
+        raise ValueError(
+            f"out: {path} holds a run of another configuration ({'; '.join(mismatch)}); "
+            "choose another run folder or start over without resuming"
+        )
+    return saved
+
+
+def _batches(split: Split, batch_size: int, device: torch.device, generator: torch.Generator,
+             ctx: DistributedContext | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """``(images, labels, n)`` of one epoch: the batches of :func:`deepnet.data.iterate_batches`
+    in the order of ``generator``, ``n`` examples each; data parallel (``ctx``), rank ``r`` of
+    ``W`` gets positions ``[r n // W, (r + 1) n // W)`` of every batch (the same order on every rank)."""
+    if ctx is None:
+        yield from ((x, y, len(y)) for x, y in iterate_batches(split, batch_size, device=device, generator=generator))
+        return
+    order = torch.randperm(len(split), generator=generator).to(split.device)
+    for start, stop in batch_bounds(len(split), batch_size):
+        n = stop - start
+        index = order[start + ctx.rank * n // ctx.world_size : start + (ctx.rank + 1) * n // ctx.world_size]
+        yield split.images[index].to(device, non_blocking=True), split.labels[index].to(device, non_blocking=True), n
+
+
+def _check_micro_batches(num_data: int, batch_size: int, model: nn.Module, world_size: int) -> None:
+    """Refuse a batch size that leaves some rank fewer than 1 example of a batch (2 with batch norm)."""
+    need = 2 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) else 1
+    smallest = min(stop - start for start, stop in batch_bounds(num_data, batch_size))
+    if smallest // world_size < need:
+        raise ArgumentError(
+            f"batch_size: {batch_size} over {world_size} ranks leaves a rank {smallest // world_size} examples of the "
+            f"smallest batch ({smallest} of the {num_data} training examples); each rank needs at least {need}"
+            f"{' (batch norm)' if need == 2 else ''}: use at most {smallest // need} ranks or a larger batch size"
+        )
+
+
+def _shard(split: Split, ctx: DistributedContext) -> Split:
+    """This rank's class-balanced part of ``split`` (:func:`deepnet.distributed.shard_indices`)."""
+    index = shard_indices(split.labels, ctx.rank, ctx.world_size).to(split.device)
+    return Split(split.images[index], split.labels[index])
+
+
+@contextlib.contextmanager
+def _peer_failures(ctx: DistributedContext, during: str, then: str = "") -> Iterator[None]:
+    """A collective that fails within the block (a rank exited, or did not answer within
+    ``ctx.timeout_s``) becomes a :class:`deepnet.distributed.PeerFailureError` that says
+    so (and ``then``, what is left); other errors pass unchanged. Gloo raises a plain
+    ``RuntimeError``: a collective's is told by a frame in ``torch.distributed`` or
+    ``torch.nn.parallel`` (DDP's forward) or, from DDP's hooks in the backward pass,
+    by its message (Gloo's or NCCL's source, a timeout)."""
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error)
+        frames = (f.filename.replace(os.sep, "/") for f in traceback.extract_tb(error.__traceback__))
+        if not (
+            isinstance(error, (PeerFailureError, dist.DistError))
+            or any("torch/distributed/" in f or "torch/nn/parallel/" in f for f in frames)
+            or any(word in text.lower() for word in ("gloo", "nccl", "timeout", "timed out"))
+        ):
+            raise
+        raise PeerFailureError(
+            f"train: rank {ctx.rank} of {ctx.world_size} stopped in {during}: a peer rank exited or did not answer "
+            f"within {ctx.timeout_s:g} s ({text.splitlines()[0][:300] if text else type(error).__name__})"
+            f"{'; ' + then if then else ''}"
+        ) from error
+
+
+def _from_writer(ctx: DistributedContext, produce: Callable[[], T], what: str) -> T:
+    """``produce()`` run on rank 0 and its value broadcast to every rank; a ``ValueError`` or
+    ``OSError`` it raises (a damaged checkpoint, a run folder in use) is raised on every rank."""
+    box: list[Any] = [None]
+    if ctx.is_writer:
+        try:
+            box[0] = (True, produce())
+        except (ValueError, OSError) as error:
+            box[0] = (False, error)
+    with _peer_failures(ctx, f"the broadcast of {what} from rank 0"):
+        dist.broadcast_object_list(box, src=0, device=ctx.device)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _check_finite(losses: torch.Tensor, train_loss: float, test_loss: float, epoch: int, lr: float,
@@ -514,7 +693,8 @@ def lr_sweep(
 ) -> SweepResult:
     """Train ``config`` with ``num`` learning rates log-spaced in [low, high] (the
     paper: 100 in [1e-4, 0.25]), each for ``epochs`` (default ``config.epochs``), in
-    ``out/lr-XX``; pick the rate by final test error. ``train_kwargs`` go to :func:`train`."""
+    ``out/lr-XX``; pick the rate by final test error. ``train_kwargs`` go to :func:`train`
+    (with ``ctx``, data parallel, only rank 0 writes the run folders)."""
     check_int("num", num, 1)
     if not (0 < low <= high and math.isfinite(high)):
         raise ValueError(f"low, high: expected 0 < low <= high < inf, got {low!r}, {high!r}")
@@ -524,7 +704,8 @@ def lr_sweep(
     for i, lr in enumerate(lrs):
         folder = Path(out) / f"lr-{i:02d}"
         results.append(train(dataclasses.replace(config, lr=float(lr), epochs=epochs), folder, **train_kwargs))
-        write_run(folder, results[-1])
+        if _is_writer(train_kwargs.get("ctx")):
+            write_run(folder, results[-1])
         folders.append(str(folder))
     test_error = np.array([r.final_test_error for r in results])
     test_loss = np.array([r.final_test_loss for r in results])
@@ -578,6 +759,7 @@ def _report(result: TrainResult, sweep: SweepResult | None) -> str:
         f"# Training: {cfg['model']} on {cfg['dataset']}",
         "",
         f"Run {state}, {result.seconds.sum():.1f} s on {result.device}"
+        f"{f' x {result.world_size} data-parallel ranks' if result.world_size > 1 else ''}"
         f"{' (deterministic algorithms)' if result.deterministic else ''}.",
         "",
         f"* data: {cfg['dataset']} from `{result.data_source}`, {cfg['per_class'] or 'all'} per class "
@@ -726,27 +908,67 @@ def _sweep_settings(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"num": num, "low": low, "high": high, "epochs": epochs}
 
 
+TIMEOUT_ENV = "DEEPNET_DIST_TIMEOUT"
+"""Seconds a collective of a data-parallel run waits for its peers (default
+:data:`deepnet.distributed.DEFAULT_TIMEOUT_S`), as for the other commands."""
+
+
+def _is_writer(ctx: DistributedContext | None) -> bool:
+    return ctx is None or ctx.is_writer
+
+
+def _join(args: argparse.Namespace) -> DistributedContext | None:
+    """The data-parallel context under torchrun (``RANK``, ``WORLD_SIZE`` set; Gloo on the
+    CPU, NCCL on CUDA; collectives fail after ``$DEEPNET_DIST_TIMEOUT`` s), else None."""
+    ctx = getattr(args, "distributed", None)
+    if ctx is not None or not launched():
+        return ctx
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        timeout = float(text)
+    except ValueError:
+        raise ArgumentError(f"{TIMEOUT_ENV}: expected seconds (a positive number), got {text!r}") from None
+    return init_distributed(args.device, timeout_s=timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     """``python -m deepnet train``: train (after an optional sweep) and write the run folder.
-    Every option and the run folder (:func:`theory.runs.claim_run`) are checked first."""
+    Every option and the run folder (:func:`theory.runs.claim_run`) are checked first.
+    Under torchrun every rank trains its part of each batch (:func:`train` with ``ctx``);
+    rank 0 alone claims and writes the run folder and prints."""
     config = config_from_args(args)
     sweep_settings = _sweep_settings(args)
     if args.stop_after is not None:
         check_int("--stop-after", args.stop_after, 0)
     save_epochs = check_save_epochs("--save-epochs", args.save_epochs, config.epochs)
     out = Path(args.out or f"runs/train-{config.dataset}-{config.model}-n{config.per_class or 'all'}-s{config.seed}")
-    kwargs = dict(device=resolve_device(args.device), deterministic=not args.nondeterministic, show_progress=not args.quiet)
+    ctx = _join(args)
+    writer = _is_writer(ctx)
+    kwargs = dict(device=resolve_device(args.device) if ctx is None else ctx.device, deterministic=not args.nondeterministic,
+                  show_progress=not args.quiet and writer, ctx=ctx)
     settings = {"config": config.to_dict(), "lr_sweep": sweep_settings, "deterministic": not args.nondeterministic}
-    with claim_run(out, "deepnet train", settings):
+    with contextlib.ExitStack() as claimed:
+        def claim() -> None:
+            claimed.enter_context(claim_run(out, "deepnet train", settings))
+
+        if ctx is None:
+            claim()
+        else:  # rank 0 claims; a refusal (folder in use, other settings) stops every rank
+            _from_writer(ctx, claim, "the claim of the run folder")
         sweep, resume = None, not args.no_resume
         if sweep_settings is not None:
             sweep = lr_sweep(config, out / "sweep", **sweep_settings, resume=resume, **kwargs)
             config = dataclasses.replace(config, lr=sweep.best_lr)
             if sweep.epochs == config.epochs:  # the best sweep run is the final run: reuse its checkpoint
                 best = Path(sweep.folders[sweep.best_index]) / CHECKPOINT
-                RunFolder(out).save_torch(CHECKPOINT, _read_checkpoint(best, "cpu", f"delete {best.parent} to redo it"))
+                if writer:
+                    RunFolder(out).save_torch(CHECKPOINT, _read_checkpoint(best, "cpu", f"delete {best.parent} to redo it"))
                 resume = True
         result = train(config, out, resume=resume, stop_after=args.stop_after, save_epochs=save_epochs, **kwargs)
-        write_run(out, result, sweep)
-    print(f"final test error {result.final_test_error:.4f} after {len(result.epoch)} epochs; run folder: {out}")
+        if writer:
+            write_run(out, result, sweep)
+    if writer:
+        print(f"final test error {result.final_test_error:.4f} after {len(result.epoch)} epochs; run folder: {out}")
+    if ctx is not None:
+        shutdown(ctx)
     return 0
