@@ -44,7 +44,6 @@ DATA_PARALLEL = ("spectrum", "structure", "train")
 """Commands that run data-parallel under torchrun."""
 JOINED = ("spectrum", "structure")
 """Commands whose process group the dispatcher joins (``args.distributed``)."""
-TIMEOUT_ENV = "DEEPNET_DIST_TIMEOUT"
 
 
 @contextlib.contextmanager
@@ -102,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _join(name: str, args: argparse.Namespace) -> DistributedContext | None:
     """The data-parallel context under torchrun (set as ``args.distributed``), else None."""
-    from deepnet.distributed import DEFAULT_TIMEOUT_S, init_distributed, launched
+    from deepnet.distributed import init_distributed, launched, timeout_from_env
 
     if not launched():
         return None
@@ -110,11 +109,7 @@ def _join(name: str, args: argparse.Namespace) -> DistributedContext | None:
         raise ValueError(f"{name} does not run data-parallel; launch it without torchrun (data-parallel: {', '.join(DATA_PARALLEL)})")
     if name not in JOINED:
         return None
-    try:
-        timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-    except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV}: expected seconds (a positive number), got {os.environ[TIMEOUT_ENV]!r}") from None
-    args.distributed = init_distributed(getattr(args, "device", None), timeout_s=timeout)
+    args.distributed = init_distributed(getattr(args, "device", None), timeout_s=timeout_from_env())
     return args.distributed
 
 

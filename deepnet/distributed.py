@@ -54,6 +54,7 @@ from .passes import GradientSums
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "TIMEOUT_ENV",
     "DistributedContext",
     "DistributedOperator",
     "InconsistentRanksError",
@@ -114,6 +115,22 @@ class DistributedContext:
     def single(cls, device: torch.device | str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
         """One process, no communication: the context when not launched by torchrun."""
         return cls(0, 1, "none", torch.device(device or "cpu"), float(timeout_s))
+
+
+TIMEOUT_ENV = "DEEPNET_DIST_TIMEOUT"
+"""The environment variable giving the seconds a collective waits (default :data:`DEFAULT_TIMEOUT_S`)."""
+
+
+def timeout_from_env() -> float:
+    """The collective timeout in seconds from ``$DEEPNET_DIST_TIMEOUT`` (a positive number)."""
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = float("nan")
+    if not timeout > 0 or timeout == float("inf"):
+        raise ValueError(f"{TIMEOUT_ENV}: expected seconds (a positive number), got {text!r}")
+    return timeout
 
 
 def launched() -> bool:

@@ -78,7 +78,6 @@ from theory.runs import RunFolder, claim_run
 
 from .data import DataBundle, Split, batch_bounds, canonical_name, dataset_from_config, iterate_batches
 from .distributed import (
-    DEFAULT_TIMEOUT_S,
     DistributedContext,
     PeerFailureError,
     all_reduce_sum,
@@ -87,6 +86,7 @@ from .distributed import (
     launched,
     shard_indices,
     shutdown,
+    timeout_from_env,
 )
 from .models import MODELS, build_model
 
@@ -908,11 +908,6 @@ def _sweep_settings(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"num": num, "low": low, "high": high, "epochs": epochs}
 
 
-TIMEOUT_ENV = "DEEPNET_DIST_TIMEOUT"
-"""Seconds a collective of a data-parallel run waits for its peers (default
-:data:`deepnet.distributed.DEFAULT_TIMEOUT_S`), as for the other commands."""
-
-
 def _is_writer(ctx: DistributedContext | None) -> bool:
     return ctx is None or ctx.is_writer
 
@@ -923,12 +918,7 @@ def _join(args: argparse.Namespace) -> DistributedContext | None:
     ctx = getattr(args, "distributed", None)
     if ctx is not None or not launched():
         return ctx
-    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
-    try:
-        timeout = float(text)
-    except ValueError:
-        raise ArgumentError(f"{TIMEOUT_ENV}: expected seconds (a positive number), got {text!r}") from None
-    return init_distributed(args.device, timeout_s=timeout)
+    return init_distributed(args.device, timeout_s=timeout_from_env())
 
 
 def run(args: argparse.Namespace) -> int:
