@@ -44,10 +44,12 @@ from .models import build_model
 from .preconditioner import KFACOptimizer
 from .train import (
     TrainConfig,
-    _epoch_seed,
+    add_protocol_arguments,
     deterministic_mode,
+    epoch_seed,
     evaluate,
     learning_rate,
+    protocol_from_args,
     resolve_device,
 )
 
@@ -159,9 +161,9 @@ def train_run(settings: OptimiseSettings, data: DataBundle, optimiser: str, lr: 
         for epoch in range(config.epochs):
             for group in opt.param_groups:
                 group["lr"] = learning_rate(config, epoch)
-            epoch_seed = _epoch_seed(config.seed, epoch)
-            torch.manual_seed(epoch_seed)
-            order = torch.Generator().manual_seed(epoch_seed)
+            shuffle_seed = epoch_seed(config.seed, epoch)
+            torch.manual_seed(shuffle_seed)
+            order = torch.Generator().manual_seed(shuffle_seed)
             model.train()
             began = time.perf_counter()
             try:
@@ -409,15 +411,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--width", type=int, default=64, help="hidden units (default %(default)s; the paper: 2048)")
     proto = parser.add_argument_group("protocol (deepnet.train)")
     proto.add_argument("--epochs", type=int, default=15, help="default %(default)s")
-    proto.add_argument("--batch-size", type=int, default=t.batch_size, help="default %(default)s")
-    proto.add_argument("--momentum", type=float, default=t.momentum, help="default %(default)s")
-    proto.add_argument("--weight-decay", type=float, default=t.weight_decay, help="default %(default)s")
-    proto.add_argument("--lr-milestones", type=float, nargs="*", default=list(t.lr_milestones), metavar="F",
-                       help="fractions of the epochs where the lr is decayed (default 1/3 2/3)")
-    proto.add_argument("--lr-decay", type=float, default=t.lr_decay, help="default %(default)s")
+    add_protocol_arguments(proto, t)
     proto.add_argument("--seed", type=int, default=t.seed, help="seed of the first run of each setting (default %(default)s)")
     proto.add_argument("--seeds", type=int, default=d.seeds, help="runs per setting, seeds --seed, --seed + 1, ... (default %(default)s)")
-    proto.add_argument("--eval-batch-size", type=int, default=t.eval_batch_size, help="default %(default)s")
     sweep = parser.add_argument_group("sweep and preconditioner")
     sweep.add_argument("--sgd-lrs", type=float, nargs="+", default=list(d.sgd_lrs), help="SGD learning rates (default %(default)s)")
     sweep.add_argument("--kfac-lrs", type=float, nargs="+", default=list(d.kfac_lrs),
@@ -439,8 +435,7 @@ def settings_from_args(args: argparse.Namespace) -> OptimiseSettings:
     train = TrainConfig(
         dataset=args.dataset, root=args.data_root, per_class=args.per_class, data_seed=args.data_seed, model="mlp",
         model_kwargs={"depth": check_int("--depth", args.depth, 0), "width": check_int("--width", args.width, 1), "batch_norm": False},
-        epochs=args.epochs, momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
-        lr_milestones=tuple(args.lr_milestones), lr_decay=args.lr_decay, seed=args.seed, eval_batch_size=args.eval_batch_size,
+        epochs=args.epochs, seed=args.seed, **protocol_from_args(args),
     )
     return OptimiseSettings(
         train=train, sgd_lrs=tuple(args.sgd_lrs), kfac_lrs=tuple(args.kfac_lrs), dampings=tuple(args.dampings),

@@ -261,7 +261,7 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.lr * config.lr_decay ** sum(epoch >= m for m in milestone_epochs(config))
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed that is a fixed function of (seed, epoch)."""
     words = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, epoch]).generate_state(2, dtype=np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
@@ -461,7 +461,7 @@ def train(
             lr = learning_rate(config, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            seed = _epoch_seed(config.seed, epoch)
+            seed = epoch_seed(config.seed, epoch)
             torch.manual_seed(seed)
             order = torch.Generator().manual_seed(seed)
             net.train()
@@ -856,14 +856,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt = parser.add_argument_group("training (defaults: the paper's protocol)")
     opt.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s (the paper: 200 MNIST/Fashion, 350 CIFAR)")
     opt.add_argument("--lr", type=float, default=d.lr, help="initial learning rate (default %(default)s)")
-    opt.add_argument("--momentum", type=float, default=d.momentum, help="default %(default)s")
-    opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
-    opt.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
-    opt.add_argument("--lr-milestones", type=float, nargs="*", default=list(d.lr_milestones), metavar="F",
-                     help="fractions of the epochs where the lr is decayed (default 1/3 2/3)")
-    opt.add_argument("--lr-decay", type=float, default=d.lr_decay, help="default %(default)s")
+    add_protocol_arguments(opt, d)
     opt.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and data order (default %(default)s)")
-    opt.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="default %(default)s")
     sweep = parser.add_argument_group("learning-rate sweep (off unless --lr-sweep)")
     sweep.add_argument("--lr-sweep", type=int, default=0, metavar="K",
                        help="try K log-spaced initial rates in [--lr-min, --lr-max], keep the one with the lowest final test error "
@@ -884,6 +878,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+PROTOCOL_OPTIONS = ("momentum", "weight_decay", "batch_size", "lr_milestones", "lr_decay", "eval_batch_size")
+"""The :class:`TrainConfig` fields of :func:`add_protocol_arguments`."""
+
+
+def add_protocol_arguments(group: Any, defaults: TrainConfig) -> None:
+    """The SGD protocol's options (:data:`PROTOCOL_OPTIONS`) with ``defaults``' values,
+    shared by ``train`` and ``optimise``; read back by :func:`protocol_from_args`."""
+    group.add_argument("--momentum", type=float, default=defaults.momentum, help="default %(default)s")
+    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default %(default)s")
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
+    group.add_argument("--lr-milestones", type=float, nargs="*", default=list(defaults.lr_milestones), metavar="F",
+                       help="fractions of the epochs where the lr is decayed (default 1/3 2/3)")
+    group.add_argument("--lr-decay", type=float, default=defaults.lr_decay, help="default %(default)s")
+    group.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="default %(default)s")
+
+
+def protocol_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` keywords of :func:`add_protocol_arguments`' options."""
+    values = {name: getattr(args, name) for name in PROTOCOL_OPTIONS}
+    values["lr_milestones"] = tuple(values["lr_milestones"])
+    return values
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed ``train`` options."""
     model_kwargs: dict[str, Any] = {k: getattr(args, k) for k in ("depth", "width", "hidden") if getattr(args, k) is not None}
@@ -891,9 +908,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model_kwargs["batch_norm"] = False
     return TrainConfig(
         dataset=args.dataset, root=args.data_root, per_class=args.per_class, data_seed=args.data_seed,
-        model=args.model, model_kwargs=model_kwargs, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, lr_milestones=tuple(args.lr_milestones),
-        lr_decay=args.lr_decay, seed=args.seed, eval_batch_size=args.eval_batch_size,
+        model=args.model, model_kwargs=model_kwargs, epochs=args.epochs, lr=args.lr, seed=args.seed, **protocol_from_args(args),
     )
 
 
