@@ -184,3 +184,18 @@ def test_counted_operator_counts_and_keeps_the_scale_of_the_terms():
     assert (counted.columns, counted.calls) == (5, 2) and counted.seconds >= 0.0
     counted.reset()
     assert (counted.columns, counted.calls, counted.seconds) == (0, 0, 0.0)
+
+
+def test_a_projected_product_costs_one_base_column_per_column():
+    """``(I - QQ^T) A (I - QQ^T) V`` multiplies ``A`` by the ``k`` projected columns only (the
+    doubled block with ``V`` itself is the symmetry probe's, for its scale), and equals the
+    dense projection."""
+    gen = torch.Generator().manual_seed(1)
+    M = torch.randn(20, 20, generator=gen, dtype=torch.float64)
+    M = M + M.T
+    Q = orthonormal_basis(torch.randn(20, 3, generator=gen, dtype=torch.float64))
+    counted = CountedOperator(as_operator(M))
+    V = torch.randn(20, 5, generator=gen, dtype=torch.float64)
+    P = torch.eye(20, dtype=torch.float64) - Q @ Q.T
+    torch.testing.assert_close(ProjectedOperator(counted, Q, orthonormalize=False).matmat(V), P @ M @ P @ V)
+    assert (counted.columns, counted.calls) == (5, 1)

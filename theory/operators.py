@@ -365,7 +365,7 @@ class ProjectedOperator(SymmetricOperator):
         return self._project(both[:, :k]), scales[:k] + scales[k:]
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self._product(V)[0]
+        return self._project(self.base.matmat(self._project(V)))
 
 
 class CountedOperator(SymmetricOperator):
