@@ -4,11 +4,13 @@ predicted vs measured error, and the finite-sample checks."""
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 import numpy as np
 
-from theory.figures import new_figure
+from theory.attribution import knockout_limits, knockout_panel
+from theory.figures import FONT, figure_legend, legend_outside, new_figure, set_labels
 from theory.finite_sample import predicted_overlap
 from theory.mlr import bayes_error, predicted_error_from_ratio, theorem_eigenvalues
 
@@ -18,45 +20,48 @@ from .run import Study
 __all__ = ["plot_attribution", "plot_ratio_vs_error", "plot_predicted_vs_measured", "plot_finite_samples"]
 
 
-def _short_verdict(v: dict[str, Any]) -> str:
-    if v["verdict"] == "attributable":
-        return str(v["component"])
-    return "absent" if v["verdict"] == "absent" else "?"
+ATTRIBUTION_KNOCKOUTS = ("A", "A - class", "A - cross", "A - within")
+"""The operators of the study's attribution figure: the Fisher and its subtraction
+knockouts (the verdicts are decided by subtraction)."""
+
+
+def verdict_words(verdicts: dict[str, dict[str, Any]]) -> str:
+    """The verdicts of one attribution in words: ``outliers from class, no bump, bulk from
+    within`` (``not attributable`` spelled out)."""
+    words = []
+    for feature, v in verdicts.items():
+        if v["verdict"] == "attributable":
+            words.append(f"{feature} from {v['component']}")
+        elif v["verdict"] == "absent":
+            words.append(f"no {feature}")
+        else:
+            words.append(f"{feature} not attributable")
+    return ", ".join(words)
 
 
 def plot_attribution(study: Study):
-    """Rows: ``C``; columns: the attribution SNRs. Log-density of ``G`` (grey) and of the
-    knockouts ``P⊥GP⊥`` (class), ``P⊥GP⊥`` (cross) and ``G - within`` of the trained Fisher;
-    separated eigenvalues as ticks; the verdicts of the trained Fisher and of its positive
-    control in the title."""
-    classes = sorted({a.num_classes for a in study.attribution})
-    cols = max(sum(a.num_classes == C for a in study.attribution) for C in classes)
-    fig, axes = new_figure(len(classes), cols, figsize=(4.4 * cols, 3.3 * len(classes)), squeeze=False)
-    wanted = {"P⊥ A P⊥ (class)": "tab:red", "P⊥ A P⊥ (cross)": "tab:orange", "A - within": "tab:blue"}
-    for row, C in enumerate(classes):
-        for col, a in enumerate(sorted((a for a in study.attribution if a.num_classes == C), key=lambda a: a.snr)):
-            ax = axes[row, col]
-            rep = a.trained.report
-            base = rep.spectra[0].log_density
-            floor = max(base.density.max(), 1e-300) * 1e-5
-            ax.fill_between(base.grid, floor, np.maximum(base.density, floor), color="0.8", label="G")
-            for s in rep.spectra[1:]:
-                if s.name in wanted:
-                    ax.plot(s.log_density.grid, np.maximum(s.log_density.density, floor), color=wanted[s.name], lw=1.0, label=s.name)
-            ax.set_yscale("log")
-            top = rep.eigenvalues[rep.eigenvalues > rep.edge.threshold]
-            ax.plot(np.log10(np.abs(top) + base.eps), np.full(top.size, floor * 3), "|", color="k", ms=12, label=f"separated ({top.size})")
-            v, w = a.trained.verdicts, a.control.verdicts
-            ax.set_title(
-                f"C={C}, SNR {a.snr:g}: outliers→{_short_verdict(v['outliers'])}, "
-                f"bump→{_short_verdict(v['bump'])}, bulk→{_short_verdict(v['bulk'])}\n"
-                f"control: {_short_verdict(w['outliers'])} / {_short_verdict(w['bump'])} / {_short_verdict(w['bulk'])}", fontsize=8,
-            )
-            ax.set_xlabel("log10(|λ| + eps)", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6, loc="upper left")
-    fig.suptitle("Fisher of trained MLR: spectra and knockouts (verdicts: attributable component, '?' = not attributable)", fontsize=9)
-    fig.tight_layout()
+    """Columns: the attributions (by ``C``, then SNR); rows: the Fisher ``G`` of trained
+    MLR, then its knockouts ``G - class``, ``G - cross``, ``G - within``, one log-spectrum
+    each on the column's shared axes (Papyan 2020, Fig. 5 style; panels by
+    :func:`theory.attribution.knockout_panel`: ``G`` shaded grey, the knockout in its
+    component's colour, ``G``'s features as markers at their eigenvalues, the null space
+    a share in the title). The top title gives the verdicts of the trained Fisher and of
+    its positive control (Theorem 8.1's probabilities) in words."""
+    attributions = sorted(study.attribution, key=lambda a: (a.num_classes, a.snr))
+    names = [n for n in ATTRIBUTION_KNOCKOUTS if any(s.name == n for s in attributions[0].trained.report.spectra)]
+    fig, axes = new_figure(len(names), len(attributions), figsize=(4.2 * len(attributions), 2.9 * len(names) + 1.2),
+                           sharex="col", sharey="col", squeeze=False, layout="constrained")
+    for col, a in enumerate(attributions):
+        rep = a.trained.report
+        spectra = {s.name: s for s in rep.spectra}
+        drawn = [knockout_panel(axes[row, col], rep, spectra[n], symbol="G") for row, n in enumerate(names)]
+        knockout_limits(axes[0, col], drawn)
+        top = axes[0, col]
+        verdicts = textwrap.fill(f"C = {a.num_classes}, SNR {a.snr:g}, trained: {verdict_words(a.trained.verdicts)}; "
+                                 f"positive control: {verdict_words(a.control.verdicts)}", 52)
+        top.set_title(f"{verdicts}\n{top.get_title()}", fontsize=FONT["title"])
+    figure_legend(fig, axes, ncols=3)
+    fig.suptitle("Fisher G of trained MLR and its knockouts: what each subtraction removes", fontsize=FONT["suptitle"])
     return fig
 
 
