@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from theory.attribution import knockout_limits, knockout_panel
-from theory.figures import FONT, figure_legend, legend_outside, new_figure, set_labels
+from theory.figures import FONT, figure_legend, legend_outside, new_figure, plain_log_ticks, set_labels
 from theory.finite_sample import predicted_overlap
 from theory.mlr import bayes_error, predicted_error_from_ratio, theorem_eigenvalues
 
@@ -97,26 +97,31 @@ def plot_ratio_vs_error(study: Study):
 
 
 def plot_predicted_vs_measured(study: Study):
-    """Left: predicted (Theorem 8.1, filled; finite-sample inversion, hollow) vs measured test
-    error, every point. Right: the unequal-means sweep: predicted, test and Bayes error vs eta."""
-    fig, axes = new_figure(1, 2, figsize=(11, 4.4))
+    """Left: the test error predicted from the outlier-to-bulk ratio (Theorem 8.1's map,
+    filled; the finite-sample inversion, open) against the measured test error, every
+    point, with the diagonal. Right: the unequal-means sweep (class ``c`` at SNR
+    ``s (1 + eta (2c/(C-1) - 1))``): predicted, test and Bayes error against ``eta``."""
+    fig, axes = new_figure(1, 2, figsize=(9.0, 4.6), layout="constrained")
     ax = axes[0]
     markers = "osD^v<>"
     for i, C in enumerate(study.settings.classes):
         pts = [p for p in study.points if p.num_classes == C]
-        ax.scatter([p.test_error for p in pts], [p.predicted_error for p in pts], marker=markers[i % 7], s=20, label=f"C={C}: Theorem 8.1")
-        ax.scatter([p.test_error for p in pts], [p.predicted_error_bbp for p in pts], marker=markers[i % 7], s=20, facecolors="none", edgecolors=f"C{i}", label=f"C={C}: finite-sample inversion")
+        ax.scatter([p.test_error for p in pts], [p.predicted_error for p in pts], marker=markers[i % 7], s=22, color=f"C{i}",
+                   label=f"C = {C}: Theorem 8.1's map")
+        ax.scatter([p.test_error for p in pts], [p.predicted_error_bbp for p in pts], marker=markers[i % 7], s=22,
+                   facecolors="none", edgecolors=f"C{i}", label=f"C = {C}: finite-sample inversion")
     lo = max(1e-4, min(min(p.test_error for p in study.points), min(p.predicted_error for p in study.points)) / 2)
-    ax.plot([lo, 1], [lo, 1], "k:", lw=1)
+    ax.plot([lo, 1], [lo, 1], "k:", lw=1, label="predicted = measured")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, 1)
     ax.set_ylim(lo, 1)
-    ax.set_xlabel("measured test error")
-    ax.set_ylabel("error predicted from the ratio")
+    set_labels(ax, "measured test error (fraction misclassified)", "error predicted from the ratio (fraction)",
+               "Test error predicted from the spectrum vs measured")
     g = study.summary["largest_gap"]
-    ax.set_title(f"largest gap {g['predicted_minus_test']:+.3f} at C={g['num_classes']}, SNR {g['snr']:g}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.text(0.97, 0.03, f"largest gap: {g['predicted_minus_test']:+.3f}\nat C = {g['num_classes']}, SNR {g['snr']:g}",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=FONT["note"])
+    ax.set_box_aspect(1.0)
     ax = axes[1]
     if study.asymmetric:
         rows = study.summary["asymmetry"]
@@ -124,22 +129,25 @@ def plot_predicted_vs_measured(study: Study):
         ax.plot(eta, [r["predicted_error"] for r in rows], "o-", label="predicted from the ratio")
         ax.plot(eta, [r["test_error"] for r in rows], "s-", label="test error")
         ax.plot(eta, [r["bayes_error"] for r in rows], "^-", label="Bayes error (optimal rule, test data)")
-        ax.set_xlabel("eta (class SNRs s(1 + eta(2c/(C-1) - 1)))")
-        ax.set_ylabel("error")
-        ax.set_title(f"unequal class means, C={study.settings.asymmetry_classes}, mean SNR {study.settings.asymmetry_snr:g}", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        set_labels(ax, "spread of the class SNRs $\\eta$ (0: equal means)", "error (fraction misclassified)",
+                   f"Unequal class means: C = {study.settings.asymmetry_classes}, mean SNR $s$ = {study.settings.asymmetry_snr:g}\n"
+                   "(class $c$ at SNR $s\\,(1 + \\eta\\,(2c/(C-1) - 1))$)")
+        ax.set_box_aspect(1.0)
+    else:
+        ax.set_visible(False)
+    figure_legend(fig, axes, ncols=3)
     return fig
 
 
 def plot_finite_samples(study: Study):
-    """Per ``C`` (columns). Top: eigenvalue / bulk mean vs SNR: mean outlier (trained and
-    symmetric probabilities), bulk top (measured; moment-matched Marchenko-Pastur edge),
-    Theorem 8.1 and the finite-sample formula. Bottom: squared overlap of the top-``C``
-    eigenvectors with the signal space vs Paul's formula; the BBP threshold ``sqrt(D/n)``."""
+    """Per ``C`` (columns). Top: eigenvalue / bulk mean vs SNR: mean of the top ``C``
+    (trained and symmetric probabilities), bulk top (measured; moment-matched
+    Marchenko-Pastur edge), Theorem 8.1 and the finite-sample formula. Bottom: squared
+    overlap of the top-``C`` eigenvectors with the signal space vs Paul's formula; the
+    BBP threshold ``sqrt(D/n)`` in both. One legend per row, right of the panels."""
     classes = study.settings.classes
     gamma = study.settings.dim / study.settings.n_per_class
-    fig, axes = new_figure(2, len(classes), figsize=(5.4 * len(classes), 7.6), squeeze=False)
+    fig, axes = new_figure(2, len(classes), figsize=(4.6 * len(classes) + 2.6, 7.0), squeeze=False, layout="constrained")
     for col, C in enumerate(classes):
         ax = axes[0, col]
         snrs, ratio = _by_snr(study.points, C, lambda p: p.ratio)
@@ -148,31 +156,32 @@ def plot_finite_samples(study: Study):
         _, theo = _by_snr(study.points, C, lambda p: p.theorem_ratio)
         _, fs = _by_snr(study.points, C, lambda p: p.finite_sample_ratio)
         sym = sorted((q for q in study.symmetric if q.num_classes == C), key=lambda q: q.snr)
-        ax.plot(snrs, ratio, "o", color="tab:blue", label="trained: mean top-C / bulk")
-        ax.plot(snrs, edge, "s", color="tab:gray", ms=4, label="trained: bulk top (measured)")
-        ax.plot(snrs, edge_mp, "-", color="tab:gray", lw=1, label="trained: MP edge (1+sqrt(gamma_eff))^2")
-        ax.plot([q.snr for q in sym], [q.ratio for q in sym], "^", color="tab:green", label="symmetric p: mean top-C / bulk")
-        ax.plot([q.snr for q in sym], [q.bulk_edge / q.bulk for q in sym], "v", color="tab:olive", ms=4, label="symmetric p: bulk top (measured)")
-        ax.plot([q.snr for q in sym], [q.predicted_bulk_edge / q.bulk for q in sym], "--", color="tab:olive", lw=1, label="symmetric p: MP edge")
-        ax.plot(snrs, theo, "k-", lw=1.2, label="Theorem 8.1 (N = inf)")
+        ax.plot(snrs, theo, "k-", lw=1.2, label="Theorem 8.1 ($N = \\infty$)")
         ax.plot(snrs, fs, "k--", lw=1.2, label="finite-sample formula")
+        ax.plot(snrs, ratio, "o", color="tab:blue", label="mean of the top C, trained $p$")
+        ax.plot([q.snr for q in sym], [q.ratio for q in sym], "^", color="tab:green", label="mean of the top C, symmetric $p$")
+        ax.plot(snrs, edge, "s", color="tab:gray", ms=4, label="bulk top (measured), trained $p$")
+        ax.plot(snrs, edge_mp, "-", color="tab:gray", lw=1, label="MP edge $(1+\\sqrt{\\gamma_{eff}})^2$, trained $p$")
+        ax.plot([q.snr for q in sym], [q.bulk_edge / q.bulk for q in sym], "v", color="tab:olive", ms=4, label="bulk top (measured), symmetric $p$")
+        ax.plot([q.snr for q in sym], [q.predicted_bulk_edge / q.bulk for q in sym], "--", color="tab:olive", lw=1, label="MP edge, symmetric $p$")
         ax.set_yscale("log")
-        ax.set_ylabel("eigenvalue / bulk mean")
-        ax.set_title(f"C={C}, D={study.settings.dim}, n={study.settings.n_per_class} per class (D/n = {gamma:.2f})", fontsize=9)
+        set_labels(ax, "SNR $s$", "eigenvalue / bulk mean",
+                   f"C = {C}, D = {study.settings.dim}, n = {study.settings.n_per_class} per class ($D/n$ = {gamma:.2f})")
         ax = axes[1, col]
         _, ov = _by_snr(study.points, C, lambda p: p.measures.signal_overlap)
-        ax.plot(snrs, ov, "o", color="tab:blue", label="trained")
-        ax.plot([q.snr for q in sym], [q.signal_overlap for q in sym], "^", color="tab:green", label="symmetric p")
         fine = np.geomspace(snrs[0], snrs[-1], 300)
-        ax.plot(fine, [predicted_overlap(v, gamma) for v in fine], "k--", lw=1.2, label="Paul: (1 - g/s^2)/(1 + g/s), g = D/n")
-        ax.set_ylabel("squared overlap of top-C eigenvectors with the signal space")
+        ax.plot(fine, [predicted_overlap(v, gamma) for v in fine], "k--", lw=1.2,
+                label="Paul: $(1 - \\gamma/s^2)/(1 + \\gamma/s)$, $\\gamma = D/n$")
+        ax.plot(snrs, ov, "o", color="tab:blue", label="trained $p$")
+        ax.plot([q.snr for q in sym], [q.signal_overlap for q in sym], "^", color="tab:green", label="symmetric $p$")
+        set_labels(ax, "SNR $s$", "squared overlap with\nthe signal space (0 to 1)",
+                   f"Top-C eigenvectors vs the class-mean span, C = {C}")
         ax.set_ylim(0, 1.02)
         for a in axes[:, col]:
-            a.axvline(math.sqrt(gamma), color="tab:red", ls=":", lw=1, label="BBP threshold sqrt(D/n)")
+            a.axvline(math.sqrt(gamma), color="tab:red", ls=":", lw=1, label="BBP threshold $\\sqrt{D/n}$")
             a.set_xscale("log")
-            a.set_xlabel("SNR s")
-            a.legend(fontsize=6)
-    fig.tight_layout()
+            plain_log_ticks(a.xaxis)
+        plain_log_ticks(axes[0, col].yaxis)
+    for row in axes:
+        legend_outside(row[-1])
     return fig
-
-
