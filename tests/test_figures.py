@@ -293,6 +293,13 @@ def test_theorem_figure_marks_exact_zeros():
     assert len(zeros.get_xdata()) == count
     floor = zeros.get_ydata()[0]
     assert right.get_ylim()[0] < floor < min(g.max_error for g in grid if g.max_error > 0)
+    # the floor says it is 0: its tick reads 0, and no other tick lies between it and the break
+    fig.canvas.draw()
+    ticks = {float(t): label.get_text() for t, label in zip(right.get_yticks(), right.get_yticklabels())}
+    assert ticks.get(floor) == "0"
+    lowest = min(g.max_error for g in grid if g.max_error > 0)
+    assert all(t == floor or t >= lowest / 10 for t in ticks if right.get_ylim()[0] <= t <= right.get_ylim()[1])
+    assert all(t >= lowest / 10 for t in right.yaxis.get_minorticklocs())
 
 
 def test_log_spectrum_curve_has_no_comb_where_the_nodes_are_sparse():
