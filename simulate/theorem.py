@@ -17,6 +17,7 @@ Run ``python -m simulate theorem --out runs/theorem`` (``--quick`` for a small g
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from theory.checks import check_int
-from theory.figures import FONT, legend_outside, new_figure, set_labels
+from theory.figures import FONT, legend_outside, mark_zero_floor, new_figure, plain_log_ticks, set_labels
 from theory.mlr import expected_fisher, symmetric_probabilities, theorem_eigenvalues
 from theory.progress import progress
 from theory.runs import RunFolder
@@ -229,8 +230,9 @@ def run_theorem_study(settings: TheoremSettings, show_progress: bool = True) -> 
 def plot_theorem_study(study: TheoremStudy):
     """Left: RMS relative error of the Monte Carlo Fisher vs ``n`` per class (log-log) with
     the fitted line and a slope ``-1/2`` reference; right: the dense-vs-theorem errors of
-    the grid, errors that are exactly zero drawn as open markers on the axis floor (a
-    decade below the smallest nonzero error) and counted in the legend."""
+    the grid, errors that are exactly zero drawn as open markers on a floor line a decade
+    below the decade of the smallest nonzero error, the line's tick labelled 0 (a log axis has none,
+    :func:`theory.figures.mark_zero_floor`), and counted in the legend."""
     conv = study.convergence
     fig, axes = new_figure(1, 2, figsize=(11.5, 4.0), layout="constrained")
     ax = axes[0]
@@ -241,18 +243,21 @@ def plot_theorem_study(study: TheoremStudy):
     ax.loglog(n, np.exp(conv.intercept) * n**conv.slope, "-", color="tab:blue", label=f"fit: slope {conv.slope:.3f} ± {conv.slope_stderr:.3f}")
     ax.loglog(n, conv.rms[0] * (n / n[0]) ** -0.5, ":", color="k", label="slope -1/2")
     set_labels(ax, "examples per class n", r"relative error $\|G_n - E[G]\|_F \,/\, \|E[G]\|_F$",
-               f"Monte Carlo Fisher vs Lemma 8.1 (C={conv.num_classes}, D={conv.dim}, s={conv.snr:g}, alpha={conv.alpha:g})")
+               f"Monte Carlo Fisher vs Lemma 8.1 (C={conv.num_classes}, D={conv.dim}, s={conv.snr:g}, $\\alpha$={conv.alpha:g})")
+    plain_log_ticks(ax.yaxis)
     ax.legend(fontsize=FONT["legend"], loc="lower left")
     ax = axes[1]
     sizes = np.array([g.num_classes * g.dim for g in study.grid], dtype=float)
     errs = np.array([g.max_error for g in study.grid], dtype=float)
     eps = float(np.finfo(float).eps)
     zero = errs == 0
-    floor = 0.1 * min(float(errs[~zero].min()) if (~zero).any() else eps, eps)
+    above = 10.0 ** math.floor(math.log10(min(float(errs[~zero].min()) if (~zero).any() else eps, eps)))
+    floor = 0.1 * above  # the exact zeros' line, a decade below every tick of a drawn error
     ax.loglog(sizes[~zero], errs[~zero], "o", ms=4, alpha=0.6, color="tab:blue", label="grid points")
     if zero.any():
         ax.plot(sizes[zero], np.full(int(zero.sum()), floor), "o", ms=5, mfc="none", color="tab:blue", clip_on=False,
-                label=f"exactly 0 ({int(zero.sum())} points, drawn at the floor)")
+                label=f"exactly 0 ({int(zero.sum())} points, drawn on the line marked 0)")
+        mark_zero_floor(ax, floor, above)
     ax.axhline(eps, color="k", ls=":", lw=1, label="machine epsilon")
     ax.set_ylim(bottom=floor / 2)
     ticks = np.unique(sizes)

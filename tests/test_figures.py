@@ -106,17 +106,41 @@ def lines_labelled(ax, text):
     return [line for line in ax.get_lines() if text in str(line.get_label())]
 
 
+def _data_points(ax):
+    """Display coordinates of every plotted vertex of ``ax``: line vertices and scatter offsets."""
+    points = [line.get_transform().transform(np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float))
+              for line in ax.get_lines() if len(line.get_xdata())]
+    points += [c.get_offset_transform().transform(c.get_offsets()) for c in ax.collections if len(c.get_offsets())]
+    return np.concatenate(points) if points else np.zeros((0, 2))
+
+
 def check_panels(fig):
-    """Every visible panel has both axes labelled and only finite data; the figure has a legend."""
+    """Every visible panel has both axes labelled (a twin's hidden x axis excepted) and only
+    finite data; no title asks "?"; the figure has a legend and none covers a plotted point."""
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert panels
     for ax in panels:
-        assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), ax.get_title()
+        assert ax.get_ylabel().strip(), ax.get_title()
+        assert ax.get_xlabel().strip() or not ax.xaxis.get_visible(), ax.get_title()
+        assert "?" not in ax.get_title()
         for line in ax.get_lines():
             assert np.isfinite(np.asarray(line.get_xdata(), dtype=float)).all()
             assert np.isfinite(np.asarray(line.get_ydata(), dtype=float)).all()
+        for c in ax.collections:
+            assert np.isfinite(np.asarray(c.get_offsets(), dtype=float)).all()
+            assert all(np.isfinite(path.vertices).all() for path in c.get_paths())
         assert np.isfinite(ax.get_xlim()).all() and np.isfinite(ax.get_ylim()).all()
-    assert fig.legends or any(ax.get_legend() is not None for ax in panels)
+    assert "?" not in fig.get_suptitle()
+    legends = list(fig.legends) + [ax.get_legend() for ax in panels if ax.get_legend() is not None]
+    assert legends
+    fig.canvas.draw()
+    for legend in legends:
+        box = legend.get_window_extent()
+        for ax in panels:
+            xy, frame = _data_points(ax), ax.bbox  # points clipped outside the frame are not drawn
+            shown = (xy[:, 0] >= frame.x0) & (xy[:, 0] <= frame.x1) & (xy[:, 1] >= frame.y0) & (xy[:, 1] <= frame.y1)
+            inside = shown & (xy[:, 0] > box.x0) & (xy[:, 0] < box.x1) & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)
+            assert not inside.any(), f"the legend covers {int(inside.sum())} plotted points of {ax.get_title()!r}"
 
 
 def test_spectrum_panel_reports_the_null_space_and_draws_outliers_at_their_eigenvalues():
@@ -237,16 +261,22 @@ def test_attribution_figure_one_log_spectrum_per_knockout():
                                    np.sort(report.verdict("outliers").eigenvalues))
 
 
-def test_synthetic_figure_outliers_at_their_values():
+def test_synthetic_figure_outliers_at_their_values_and_height_one_over_p():
     from theory.synthetic import plot_synthetic_check, run_synthetic_check
 
     check, exact = run_synthetic_check(size=200, num_steps=24, num_repeats=2, seed=1)
     fig = plot_synthetic_check(check, exact)
     check_panels(fig)
-    (markers,) = lines_labelled(fig.axes[1], "outliers")
+    left, right, twin = fig.axes
+    # the outliers are point masses: stems on the right axis of weights, at height 1/p
+    (markers,) = lines_labelled(twin, "outliers")
     np.testing.assert_allclose(markers.get_xdata(), check.outliers_estimated)
-    assert "1/p" in markers.get_label().replace("$", "") and "e-03" in markers.get_label()
-    assert {t.get_text() for t in fig.axes[1].texts} == {f"{v:.3g}" for v in check.outliers_estimated}
+    np.testing.assert_allclose(markers.get_ydata(), 1.0 / check.size)
+    assert "1/p" in markers.get_label().replace("$", "") and "5.0e-03" in markers.get_label()
+    assert "weight" in twin.get_ylabel() and twin.get_ylim() == right.get_ylim() and twin.get_yscale() == "log"
+    (stems,) = twin.collections
+    assert all(np.isclose(path.vertices[:, 1].max(), 1.0 / check.size) for path in stems.get_paths())
+    assert {t.get_text() for t in twin.texts} == {f"{v:.3g}" for v in check.outliers_estimated}
 
 
 def test_theorem_figure_marks_exact_zeros():
@@ -263,6 +293,13 @@ def test_theorem_figure_marks_exact_zeros():
     assert len(zeros.get_xdata()) == count
     floor = zeros.get_ydata()[0]
     assert right.get_ylim()[0] < floor < min(g.max_error for g in grid if g.max_error > 0)
+    # the floor says it is 0: its tick reads 0, and no other tick lies between it and the break
+    fig.canvas.draw()
+    ticks = {float(t): label.get_text() for t, label in zip(right.get_yticks(), right.get_yticklabels())}
+    assert ticks.get(floor) == "0"
+    lowest = min(g.max_error for g in grid if g.max_error > 0)
+    assert all(t == floor or t >= lowest / 10 for t in ticks if right.get_ylim()[0] <= t <= right.get_ylim()[1])
+    assert all(t >= lowest / 10 for t in right.yaxis.get_minorticklocs())
 
 
 def test_log_spectrum_curve_has_no_comb_where_the_nodes_are_sparse():
@@ -276,3 +313,75 @@ def test_log_spectrum_curve_has_no_comb_where_the_nodes_are_sparse():
     inside = (x > 0.03) & (x < 0.3)
     assert y[inside].max() / y[inside].min() < 1.5
     np.testing.assert_allclose(np.trapezoid(y, np.log10(x)), 1.0, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the study's figures
+@pytest.fixture(scope="module")
+def tiny_study():
+    """The main study at a tiny size (about 4 s): C = 3, two SNRs, one attribution at SNR 30."""
+    from simulate.study import StudySettings, run_study
+
+    st = StudySettings(classes=(3,), dim=10, n_per_class=40, n_test_per_class=200, snrs=(2.0, 30.0), seeds=1, penalty=1e-3,
+                       attribution_snrs=(30.0,), asymmetry=(0.0, 0.8), asymmetry_snr=6.0, asymmetry_classes=3,
+                       density_steps=24, density_repeats=2)
+    return run_study(st, show_progress=False)
+
+
+def test_study_attribution_figure_one_log_spectrum_per_knockout(tiny_study, tmp_path):
+    from simulate.study import plot_attribution
+
+    fig = plot_attribution(tiny_study)
+    check_panels(fig)
+    a = tiny_study.attribution[0]
+    report = a.trained.report
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 4  # G, G - class, G - cross, G - within
+    assert all(panels[0].get_shared_x_axes().joined(panels[0], ax) for ax in panels)
+    assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in panels)
+    titles = [ax.get_title() for ax in panels]
+    assert titles[0].startswith(f"C = 3, SNR 30, trained: ") and "positive control:" in titles[0]
+    assert [t.split("\n")[-2].split(":")[0] for t in titles[1:]] == ["G - class", "G - cross", "G - within"]
+    assert all("null space" in t for t in titles)
+    # what vanished, in words, as the verdicts say
+    for ax, name in zip(panels[1:], ("A - class", "A - cross", "A - within")):
+        gone = [f.feature for f in report.features if f.size and name in f.vanishes_under]
+        caption = ax.get_title().split("\n")[-2]
+        assert (" and ".join(gone) + " gone" if gone else "nothing gone") in caption
+    # the null space is not drawn: no curve reaches below the null-space tolerance
+    zero_tol = report.settings["zero_tol"]
+    assert all(np.min(line.get_xdata(), initial=np.inf) > zero_tol for ax in panels for line in ax.get_lines())
+    write_figure(fig, tmp_path / "spectra_attribution.png")
+    assert (tmp_path / "spectra_attribution.png").read_bytes().startswith(PNG)
+
+
+def test_study_finite_samples_figure(tiny_study, tmp_path):
+    from simulate.study import plot_finite_samples
+
+    fig = plot_finite_samples(tiny_study)
+    check_panels(fig)
+    top, bottom = fig.axes
+    assert top.get_legend() is not None and bottom.get_legend() is not None  # one legend per row, outside
+    assert all(ax.get_legend().get_texts()[0].get_fontsize() >= 8 for ax in (top, bottom))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    for ax in (top, bottom):  # no label clipped off the figure
+        for label in (ax.xaxis.label, ax.yaxis.label):
+            box = label.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, label.get_text()
+    write_figure(fig, tmp_path / "finite_samples.png")
+    assert (tmp_path / "finite_samples.png").read_bytes().startswith(PNG)
+
+
+def test_study_predicted_vs_measured_figure(tiny_study, tmp_path):
+    from simulate.study import plot_predicted_vs_measured
+
+    fig = plot_predicted_vs_measured(tiny_study)
+    check_panels(fig)
+    left, right = fig.axes
+    assert left.get_title() == "Test error predicted from the spectrum vs measured"  # a title, not a statistic
+    assert "fraction" in left.get_xlabel() and "fraction" in right.get_ylabel()
+    assert "(" not in right.get_xlabel().split("(")[0] and "2c" not in right.get_xlabel()  # no formula as the x label
+    assert "2c/(C-1)" in right.get_title()
+    write_figure(fig, tmp_path / "predicted_vs_measured.png")
+    assert (tmp_path / "predicted_vs_measured.png").read_bytes().startswith(PNG)

@@ -55,6 +55,7 @@ from .progress import progress
 from .figures import (
     COLORS,
     FONT,
+    LogSpectrum,
     figure_legend,
     log_limits,
     log_spectrum_curve,
@@ -91,6 +92,10 @@ __all__ = [
     "AttributionReport",
     "attribute",
     "attribute_decomposition",
+    "KnockoutPanel",
+    "knockout_caption",
+    "knockout_panel",
+    "knockout_limits",
 ]
 
 
@@ -450,56 +455,20 @@ class AttributionReport:
 
     def figure(self, columns: int = 3):
         """One log-spectrum per operator, ``A`` first, then every knockout, on shared axes
-        (Papyan 2020, Fig. 5 style): the spectrum of ``A`` shaded grey in every panel,
-        the knockout's over it in its component's colour, both as densities per decade
-        of ``|lambda|`` (:func:`theory.figures.log_spectrum_curve`; the null space,
-        ``|lambda| <= zero_tol``, as a share in the title, not drawn); ``A``'s features
-        as markers at their eigenvalues along the top, the eigenvalues the knockout
-        still separates as markers below them, its threshold dashed. Each title says
-        what the knockout removes (:attr:`FeatureVerdict.vanishes_under`)."""
+        (Papyan 2020, Fig. 5 style), each panel drawn by :func:`knockout_panel`: the
+        spectrum of ``A`` shaded grey, the knockout's over it in its component's colour,
+        ``A``'s features as markers at their eigenvalues, the null space a share in the
+        title; each title says in words what the knockout removes."""
         n = len(self.spectra)
         cols = min(columns, n)
         rows = math.ceil(n / cols)
         fig, axes = new_figure(rows, cols, sharex=True, sharey=True, squeeze=False, layout="constrained",
-                               figsize=(4.0 * cols, 3.0 * rows + 0.6))
-        zero_tol = float(self.settings.get("zero_tol") or 0.0)
-        base = self.spectra[0]
-        present = [f for f in self.features if f.size > 0]
-        peak, lo, hi = 0.0, [], []
-        for ax, s in zip(axes.flat, self.spectra):
-            curves = [log_spectrum_curve(ax, base.density.nodes, base.density.weights, sigma=base.log_density.sigma,
-                                         num_runs=base.log_density.num_repeats, zero_tol=zero_tol, color=COLORS["A"],
-                                         label="A", fill=True)]
-            if s is not base:
-                curves.append(log_spectrum_curve(ax, s.density.nodes, s.density.weights, sigma=s.log_density.sigma,
-                                                 num_runs=s.log_density.num_repeats, zero_tol=zero_tol,
-                                                 color=matrix_color(s.name), label="knockout (its component's colour)"))
-            for marker, f in zip("vDsP", (f for f in present if f.feature != "bulk")):
-                outlier_markers(ax, f.eigenvalues, color="0.3", marker=marker, y=0.95, annotate="none",
-                                label=f"A's {f.feature}")
-            kept = s.eigenvalues[s.eigenvalues > s.threshold]
-            if s is not base:
-                outlier_markers(ax, kept, color=matrix_color(s.name), marker="|", y=0.85, annotate="none",
-                                label="separated after the knockout")
-            ax.axvline(abs(s.threshold), color="k", ls="--", lw=0.8,
-                       label="own edge threshold" if s.edge is not None else "edge threshold of A")
-            peak = max([peak] + [c.peak for c in curves])
-            lo += [c.lowest for c in curves if c.lowest is not None]
-            hi += [c.highest for c in curves if c.highest is not None] + [float(np.abs(s.eigenvalues).max(initial=0.0))]
-            if s is base:
-                counts = ", ".join(f"{f.size} {f.feature}" for f in present if f.feature != "bulk")
-                head = f"A: {counts or 'no separated eigenvalues'}"
-            else:
-                gone = [f.feature for f in present if s.name in f.vanishes_under]
-                head = f"{s.name}: " + (" and ".join(gone) + " gone" if gone else "nothing vanishes")
-            ax.set_title(f"{head}\n{curves[-1].text}", fontsize=FONT["title"])
-            set_labels(ax, "$|\\lambda|$ (eigenvalue magnitude)", "density per decade of $|\\lambda|$")
-        if lo:
-            axes[0, 0].set_xlim(min(lo) / 3.0, max(hi) * 3.0)
-        axes[0, 0].set_ylim(*log_limits(peak, decades=4.0, headroom=1.3))
+                               figsize=(4.2 * cols, 3.1 * rows + 0.6))
+        drawn = [knockout_panel(ax, self, s) for ax, s in zip(axes.flat, self.spectra)]
+        knockout_limits(axes[0, 0], drawn)
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
-        figure_legend(fig, axes)
+        figure_legend(fig, axes, ncols=3)
         fig.suptitle("Knockouts of A: what each subtraction or projection removes from its spectrum",
                      fontsize=FONT["suptitle"])
         return fig
@@ -511,6 +480,84 @@ class AttributionReport:
         folder.write_text(f"{prefix}.md", self.summary())
         folder.save_figure(f"{prefix}.png", self.figure())
         return folder
+
+
+# --------------------------------------------------------------------------- knockout panels
+@dataclass(frozen=True)
+class KnockoutPanel:
+    """What :func:`knockout_panel` drew: the log-spectra of ``A`` and of the knockout
+    (:class:`theory.figures.LogSpectrum`, the knockout's last) and the largest ``|lambda|``
+    of a marker."""
+
+    curves: tuple[LogSpectrum, ...]
+    largest: float
+
+
+def knockout_caption(report: AttributionReport, s: KnockoutSpectrum, symbol: str = "A") -> str:
+    """The first title line of a knockout panel, in words: for ``A`` how many eigenvalues
+    of each feature it separates, for a knockout which of ``A``'s features vanish under it
+    and which stay (``symbol`` names ``A``, e.g. ``"G"``)."""
+    present = [f for f in report.features if f.size > 0]
+    name = s.name.replace("A", symbol)
+    if s is report.spectra[0]:
+        counts = [f"{f.size} {f.feature}" for f in present if f.feature != "bulk"]
+        return f"{name}: " + (" and ".join(counts) + " above the bulk" if counts else "nothing separated from the bulk")
+    gone = [f.feature for f in present if s.name in f.vanishes_under]
+    stay = [f.feature for f in present if s.name not in f.vanishes_under]
+    head = f"{name}: " + (" and ".join(gone) + " gone" if gone else "nothing gone")
+    plural = len(stay) > 1 or (stay and stay[0].endswith("s"))
+    return head + (f", {' and '.join(stay)} {'remain' if plural else 'remains'}" if stay else "")
+
+
+def knockout_panel(ax: Any, report: AttributionReport, s: KnockoutSpectrum, symbol: str = "A") -> KnockoutPanel:
+    """One panel of a knockout figure (Papyan 2020, Fig. 5 style) on log axes: the
+    density per decade of ``|lambda|`` of ``A`` shaded grey and, unless ``s`` is ``A``,
+    that of the knockout ``s`` over it in its component's colour
+    (:func:`theory.figures.log_spectrum_curve`; the null space ``|lambda| <= zero_tol``
+    is a share in the title, not drawn); ``A``'s outliers and bump as grey markers at
+    their eigenvalues along the top, the eigenvalues the knockout still separates as
+    coloured ticks below them (a feature that vanishes has grey markers and no ticks),
+    the separation threshold dashed (``A``'s black; a full-rank knockout's own in its
+    colour where it lies within the knockout's drawn spectrum, not at its null space). The title is :func:`knockout_caption` and the null-space share."""
+    zero_tol = float(report.settings.get("zero_tol") or 0.0)
+    base = report.spectra[0]
+    color = matrix_color(s.name)
+    curves = [log_spectrum_curve(ax, base.density.nodes, base.density.weights, sigma=base.log_density.sigma,
+                                 num_runs=base.log_density.num_repeats, zero_tol=zero_tol, color=COLORS["A"],
+                                 label=f"{symbol} (every panel)", fill=True)]
+    if s is not base:
+        curves.append(log_spectrum_curve(ax, s.density.nodes, s.density.weights, sigma=s.log_density.sigma,
+                                         num_runs=s.log_density.num_repeats, zero_tol=zero_tol, color=color,
+                                         label="the knockout (its component's colour)"))
+    features = [f for f in report.features if f.size > 0 and f.feature != "bulk"]
+    for marker, f in zip("vDsP", features):
+        outlier_markers(ax, f.eigenvalues, color="0.3", marker=marker, y=0.95, annotate="none",
+                        label=f"{symbol}'s {f.feature}, at their eigenvalues")
+    kept = s.eigenvalues[s.eigenvalues > s.threshold]
+    if s is not base:
+        outlier_markers(ax, kept, color=color, marker="|", y=0.85, annotate="none",
+                        label="eigenvalues the knockout still separates")
+    if s.edge is None:
+        ax.axvline(abs(s.threshold), color="k", ls="--", lw=0.8, label=f"separation threshold of {symbol}")
+    elif curves[-1].lowest is not None and abs(s.threshold) >= curves[-1].lowest:
+        ax.axvline(abs(s.threshold), color=color, ls="-.", lw=0.8, label="own separation threshold (full-rank knockout)")
+    ax.set_title(f"{knockout_caption(report, s, symbol)}\n{curves[-1].text}", fontsize=FONT["title"])
+    set_labels(ax, "$|\\lambda|$ (eigenvalue magnitude)", "density per decade of $|\\lambda|$")
+    ax.tick_params(labelbottom=True, labelleft=True)
+    largest = max([float(np.abs(f.eigenvalues).max()) for f in features] + [float(np.abs(kept).max(initial=0.0))])
+    return KnockoutPanel(tuple(curves), largest)
+
+
+def knockout_limits(ax: Any, panels: Sequence[KnockoutPanel]) -> None:
+    """Limits of (shared) knockout axes: ``|lambda|`` from a third of the lowest visible
+    density to three times the largest curve or marker, the density four decades below
+    the highest peak with room for the markers above it."""
+    curves = [c for p in panels for c in p.curves]
+    lows = [c.lowest for c in curves if c.lowest is not None]
+    highs = [c.highest for c in curves if c.highest is not None] + [p.largest for p in panels if p.largest > 0]
+    if lows:
+        ax.set_xlim(min(lows) / 3.0, max(highs) * 3.0)
+    ax.set_ylim(*log_limits(max(c.peak for c in curves), decades=4.0, headroom=1.3))
 
 
 # --------------------------------------------------------------------------- the analysis

@@ -41,9 +41,12 @@ __all__ = [
     "legend_outside",
     "log_limits",
     "log_spectrum_curve",
+    "mark_zero_floor",
     "matrix_color",
     "new_figure",
     "outlier_markers",
+    "plain_log_ticks",
+    "point_mass_stems",
     "set_labels",
     "spectrum_panel",
     "spectrum_shares",
@@ -151,6 +154,54 @@ def figure_legend(fig: Any, axes: Any, ncols: int | None = None) -> Any:
         return None
     return fig.legend(handles, labels, loc="outside lower center", ncols=ncols or min(len(labels), 4),
                       fontsize=FONT["legend"], frameon=False)
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Label the major and minor ticks of a log ``axis`` as plain numbers (``0.5``, ``2``,
+    ``30``) instead of powers of ten: for axes spanning a decade or two, where the minor
+    ticks carry the labels."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+
+
+def mark_zero_floor(ax: Any, floor: float, above: float) -> None:
+    """Say on a log y axis that values drawn at ``floor`` are exact zeros (a log axis has
+    no 0): a tick at ``floor`` labelled 0, a grey dotted line across the panel there, no
+    other ticks below ``above`` (the smallest value drawn at its own height, or a tick
+    under it) and a break mark ``//`` on the left spine between the two."""
+    from matplotlib.ticker import FuncFormatter, Locator, LogFormatterSciNotation, LogLocator
+
+    if not 0 < floor < above:
+        raise ValueError(f"floor: expected 0 < floor < above = {above:g}, got {floor:g}")
+
+    class Above(Locator):
+        """The ticks of ``base`` at or above ``above``, and ``extra``."""
+
+        def __init__(self, base: Any, extra: list[float]) -> None:
+            self.base, self.extra = base, extra
+
+        def set_axis(self, axis: Any) -> None:
+            super().set_axis(axis)
+            self.base.set_axis(axis)
+
+        def tick_values(self, vmin: float, vmax: float) -> list[float]:
+            return self.extra + [float(t) for t in self.base.tick_values(vmin, vmax) if t >= above * (1 - 1e-9)]
+
+        def __call__(self) -> list[float]:
+            return self.tick_values(*self.axis.get_view_interval())
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(Above(LogLocator(base=10.0), [floor]))
+    ax.yaxis.set_minor_locator(Above(LogLocator(base=10.0, subs=np.arange(2, 10)), []))
+    sci = LogFormatterSciNotation()
+    sci.set_axis(ax.yaxis)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, i: "0" if math.isclose(v, floor, rel_tol=1e-6) else sci(v, i)))
+    ax.axhline(floor, color="0.6", ls=":", lw=0.8, zorder=0)
+    ax.annotate("//", (0.0, math.sqrt(floor * above)), xycoords=ax.get_yaxis_transform(), ha="center", va="center",
+                fontsize=FONT["tick"], rotation=-30, backgroundcolor="white")
 
 
 def log_limits(peak: float, decades: float = 5.0, headroom: float = 1.0) -> tuple[float, float]:
@@ -318,6 +369,26 @@ def outlier_markers(
         ax.annotate(text, (abs(values[i]), y), xycoords=transform, xytext=offset, textcoords="offset points",
                     ha=ha, va=va, fontsize=FONT["note"], color=color)
     return line
+
+
+def point_mass_stems(ax: Any, values: np.ndarray, weight: float, *, color: str, label: str | None = None,
+                     ylabel: str = "weight of each outlier (share of eigenvalues)") -> Any:
+    """Point masses of ``weight`` each at ``values`` as stems of height ``weight`` on a
+    twin y axis (right, labelled ``ylabel``, the limits and scale of ``ax``'s): a point
+    mass has no density, so its height is read on an axis of its own; each stem is
+    labelled with its value. Returns the twin axes."""
+    values = np.asarray(values, dtype=np.float64)
+    twin = ax.twinx()
+    twin.set_yscale(ax.get_yscale())
+    twin.set_ylim(ax.get_ylim())
+    twin.vlines(values, ax.get_ylim()[0], weight, color=color, lw=1.5)
+    twin.plot(values, np.full(values.size, weight), ls="none", marker="o", color=color, ms=5, label=label)
+    for v in values:
+        twin.annotate(f"{v:.3g}", (v, weight), xytext=(0, 5), textcoords="offset points", ha="center", va="bottom",
+                      fontsize=FONT["note"], color=color)
+    twin.set_ylabel(ylabel, fontsize=FONT["label"])
+    twin.tick_params(which="both", labelsize=FONT["tick"])
+    return twin
 
 
 def spectrum_panel(

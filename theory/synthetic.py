@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .figures import COLORS, FONT, figure_legend, new_figure, outlier_markers, set_labels
+from .figures import COLORS, FONT, figure_legend, new_figure, point_mass_stems, set_labels
 from .operators import as_operator
 from .spectral import DeflatedDensity, SpectralDensity, bulk_density, gaussian_smooth, spectral_density, top_eigenpairs
 
@@ -102,15 +102,16 @@ def run_synthetic_check(
 def plot_synthetic_check(check: SyntheticCheck, exact: np.ndarray):
     """Two panels on a log density axis: the full density with the histogram of
     exact eigenvalues, and the deflated bulk (times its weight ``(p-k)/p``) with the
-    outliers, point masses ``1/p`` each, as labelled markers at their estimated
-    values; the theory values ``theta^2 / (theta - 1)`` dotted."""
-    fig, axes = new_figure(1, 2, figsize=(10, 4.0), sharey=True, layout="constrained")
+    outliers, point masses ``1/p`` each, as stems of height ``1/p`` on a right axis of
+    point-mass weights (:func:`theory.figures.point_mass_stems`), labelled with their
+    estimated values; the theory values ``theta^2 / (theta - 1)`` dotted."""
+    fig, axes = new_figure(1, 2, figsize=(10.5, 4.0), sharey=True, layout="constrained")
     k = len(check.outliers_exact)
     d, b = check.density, check.deflated.bulk
     bins = np.linspace(min(d.grid[0], 0.0), d.grid[-1], 120)
     for ax, values, dens, title in (
         (axes[0], exact, d, "whole spectrum (no deflation)"),
-        (axes[1], exact[:-k], b, f"bulk after deflating the top {k}"),
+        (axes[1], exact[:-k], b, f"bulk after deflating the top {k}; the {k} outliers as point masses"),
     ):
         hist, edges = np.histogram(values, bins=bins, density=True)
         ax.stairs(hist * len(values) / len(exact), edges, fill=True, alpha=0.35, color="tab:gray", label="exact eigenvalues (histogram)")
@@ -122,9 +123,9 @@ def plot_synthetic_check(check: SyntheticCheck, exact: np.ndarray):
         for x in check.outliers_theory:
             ax.axvline(x, color="tab:red", ls=":", lw=1)
     axes[0].plot([], [], color="tab:red", ls=":", label=r"theory $\theta^2/(\theta-1)$")
-    outlier_markers(axes[1], np.asarray(check.outliers_estimated), color="tab:green", annotate="all",
-                    label=f"outliers by subspace iteration (point masses $1/p$ = {check.deflated.outlier_weight:.1e} each)")
-    figure_legend(fig, axes, ncols=2)
+    twin = point_mass_stems(axes[1], np.asarray(check.outliers_estimated), check.deflated.outlier_weight, color="tab:green",
+                            label=f"outliers by subspace iteration: point masses of weight $1/p$ = {check.deflated.outlier_weight:.1e} (right axis)")
+    figure_legend(fig, [axes[0], axes[1], twin], ncols=2)
     fig.suptitle(f"Synthetic check: diag(5, 4, 3, 0, ...) + $ZZ^T/n$, n = {check.size}", fontsize=FONT["suptitle"])
     return fig
 

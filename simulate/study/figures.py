@@ -4,11 +4,13 @@ predicted vs measured error, and the finite-sample checks."""
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 import numpy as np
 
-from theory.figures import new_figure
+from theory.attribution import knockout_limits, knockout_panel
+from theory.figures import FONT, figure_legend, legend_outside, new_figure, plain_log_ticks, set_labels
 from theory.finite_sample import predicted_overlap
 from theory.mlr import bayes_error, predicted_error_from_ratio, theorem_eigenvalues
 
@@ -18,45 +20,48 @@ from .run import Study
 __all__ = ["plot_attribution", "plot_ratio_vs_error", "plot_predicted_vs_measured", "plot_finite_samples"]
 
 
-def _short_verdict(v: dict[str, Any]) -> str:
-    if v["verdict"] == "attributable":
-        return str(v["component"])
-    return "absent" if v["verdict"] == "absent" else "?"
+ATTRIBUTION_KNOCKOUTS = ("A", "A - class", "A - cross", "A - within")
+"""The operators of the study's attribution figure: the Fisher and its subtraction
+knockouts (the verdicts are decided by subtraction)."""
+
+
+def verdict_words(verdicts: dict[str, dict[str, Any]]) -> str:
+    """The verdicts of one attribution in words: ``outliers from class, no bump, bulk from
+    within`` (``not attributable`` spelled out)."""
+    words = []
+    for feature, v in verdicts.items():
+        if v["verdict"] == "attributable":
+            words.append(f"{feature} from {v['component']}")
+        elif v["verdict"] == "absent":
+            words.append(f"no {feature}")
+        else:
+            words.append(f"{feature} not attributable")
+    return ", ".join(words)
 
 
 def plot_attribution(study: Study):
-    """Rows: ``C``; columns: the attribution SNRs. Log-density of ``G`` (grey) and of the
-    knockouts ``P⊥GP⊥`` (class), ``P⊥GP⊥`` (cross) and ``G - within`` of the trained Fisher;
-    separated eigenvalues as ticks; the verdicts of the trained Fisher and of its positive
-    control in the title."""
-    classes = sorted({a.num_classes for a in study.attribution})
-    cols = max(sum(a.num_classes == C for a in study.attribution) for C in classes)
-    fig, axes = new_figure(len(classes), cols, figsize=(4.4 * cols, 3.3 * len(classes)), squeeze=False)
-    wanted = {"P⊥ A P⊥ (class)": "tab:red", "P⊥ A P⊥ (cross)": "tab:orange", "A - within": "tab:blue"}
-    for row, C in enumerate(classes):
-        for col, a in enumerate(sorted((a for a in study.attribution if a.num_classes == C), key=lambda a: a.snr)):
-            ax = axes[row, col]
-            rep = a.trained.report
-            base = rep.spectra[0].log_density
-            floor = max(base.density.max(), 1e-300) * 1e-5
-            ax.fill_between(base.grid, floor, np.maximum(base.density, floor), color="0.8", label="G")
-            for s in rep.spectra[1:]:
-                if s.name in wanted:
-                    ax.plot(s.log_density.grid, np.maximum(s.log_density.density, floor), color=wanted[s.name], lw=1.0, label=s.name)
-            ax.set_yscale("log")
-            top = rep.eigenvalues[rep.eigenvalues > rep.edge.threshold]
-            ax.plot(np.log10(np.abs(top) + base.eps), np.full(top.size, floor * 3), "|", color="k", ms=12, label=f"separated ({top.size})")
-            v, w = a.trained.verdicts, a.control.verdicts
-            ax.set_title(
-                f"C={C}, SNR {a.snr:g}: outliers→{_short_verdict(v['outliers'])}, "
-                f"bump→{_short_verdict(v['bump'])}, bulk→{_short_verdict(v['bulk'])}\n"
-                f"control: {_short_verdict(w['outliers'])} / {_short_verdict(w['bump'])} / {_short_verdict(w['bulk'])}", fontsize=8,
-            )
-            ax.set_xlabel("log10(|λ| + eps)", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6, loc="upper left")
-    fig.suptitle("Fisher of trained MLR: spectra and knockouts (verdicts: attributable component, '?' = not attributable)", fontsize=9)
-    fig.tight_layout()
+    """Columns: the attributions (by ``C``, then SNR); rows: the Fisher ``G`` of trained
+    MLR, then its knockouts ``G - class``, ``G - cross``, ``G - within``, one log-spectrum
+    each on the column's shared axes (Papyan 2020, Fig. 5 style; panels by
+    :func:`theory.attribution.knockout_panel`: ``G`` shaded grey, the knockout in its
+    component's colour, ``G``'s features as markers at their eigenvalues, the null space
+    a share in the title). The top title gives the verdicts of the trained Fisher and of
+    its positive control (Theorem 8.1's probabilities) in words."""
+    attributions = sorted(study.attribution, key=lambda a: (a.num_classes, a.snr))
+    names = [n for n in ATTRIBUTION_KNOCKOUTS if any(s.name == n for s in attributions[0].trained.report.spectra)]
+    fig, axes = new_figure(len(names), len(attributions), figsize=(4.2 * len(attributions), 2.9 * len(names) + 1.2),
+                           sharex="col", sharey="col", squeeze=False, layout="constrained")
+    for col, a in enumerate(attributions):
+        rep = a.trained.report
+        spectra = {s.name: s for s in rep.spectra}
+        drawn = [knockout_panel(axes[row, col], rep, spectra[n], symbol="G") for row, n in enumerate(names)]
+        knockout_limits(axes[0, col], drawn)
+        top = axes[0, col]
+        verdicts = textwrap.fill(f"C = {a.num_classes}, SNR {a.snr:g}, trained: {verdict_words(a.trained.verdicts)}; "
+                                 f"positive control: {verdict_words(a.control.verdicts)}", 52)
+        top.set_title(f"{verdicts}\n{top.get_title()}", fontsize=FONT["title"])
+    figure_legend(fig, axes, ncols=3)
+    fig.suptitle("Fisher G of trained MLR and its knockouts: what each subtraction removes", fontsize=FONT["suptitle"])
     return fig
 
 
@@ -92,26 +97,31 @@ def plot_ratio_vs_error(study: Study):
 
 
 def plot_predicted_vs_measured(study: Study):
-    """Left: predicted (Theorem 8.1, filled; finite-sample inversion, hollow) vs measured test
-    error, every point. Right: the unequal-means sweep: predicted, test and Bayes error vs eta."""
-    fig, axes = new_figure(1, 2, figsize=(11, 4.4))
+    """Left: the test error predicted from the outlier-to-bulk ratio (Theorem 8.1's map,
+    filled; the finite-sample inversion, open) against the measured test error, every
+    point, with the diagonal. Right: the unequal-means sweep (class ``c`` at SNR
+    ``s (1 + eta (2c/(C-1) - 1))``): predicted, test and Bayes error against ``eta``."""
+    fig, axes = new_figure(1, 2, figsize=(9.0, 4.6), layout="constrained")
     ax = axes[0]
     markers = "osD^v<>"
     for i, C in enumerate(study.settings.classes):
         pts = [p for p in study.points if p.num_classes == C]
-        ax.scatter([p.test_error for p in pts], [p.predicted_error for p in pts], marker=markers[i % 7], s=20, label=f"C={C}: Theorem 8.1")
-        ax.scatter([p.test_error for p in pts], [p.predicted_error_bbp for p in pts], marker=markers[i % 7], s=20, facecolors="none", edgecolors=f"C{i}", label=f"C={C}: finite-sample inversion")
+        ax.scatter([p.test_error for p in pts], [p.predicted_error for p in pts], marker=markers[i % 7], s=22, color=f"C{i}",
+                   label=f"C = {C}: Theorem 8.1's map")
+        ax.scatter([p.test_error for p in pts], [p.predicted_error_bbp for p in pts], marker=markers[i % 7], s=22,
+                   facecolors="none", edgecolors=f"C{i}", label=f"C = {C}: finite-sample inversion")
     lo = max(1e-4, min(min(p.test_error for p in study.points), min(p.predicted_error for p in study.points)) / 2)
-    ax.plot([lo, 1], [lo, 1], "k:", lw=1)
+    ax.plot([lo, 1], [lo, 1], "k:", lw=1, label="predicted = measured")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, 1)
     ax.set_ylim(lo, 1)
-    ax.set_xlabel("measured test error")
-    ax.set_ylabel("error predicted from the ratio")
+    set_labels(ax, "measured test error (fraction misclassified)", "error predicted from the ratio (fraction)",
+               "Test error predicted from the spectrum vs measured")
     g = study.summary["largest_gap"]
-    ax.set_title(f"largest gap {g['predicted_minus_test']:+.3f} at C={g['num_classes']}, SNR {g['snr']:g}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.text(0.97, 0.03, f"largest gap: {g['predicted_minus_test']:+.3f}\nat C = {g['num_classes']}, SNR {g['snr']:g}",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=FONT["note"])
+    ax.set_box_aspect(1.0)
     ax = axes[1]
     if study.asymmetric:
         rows = study.summary["asymmetry"]
@@ -119,22 +129,25 @@ def plot_predicted_vs_measured(study: Study):
         ax.plot(eta, [r["predicted_error"] for r in rows], "o-", label="predicted from the ratio")
         ax.plot(eta, [r["test_error"] for r in rows], "s-", label="test error")
         ax.plot(eta, [r["bayes_error"] for r in rows], "^-", label="Bayes error (optimal rule, test data)")
-        ax.set_xlabel("eta (class SNRs s(1 + eta(2c/(C-1) - 1)))")
-        ax.set_ylabel("error")
-        ax.set_title(f"unequal class means, C={study.settings.asymmetry_classes}, mean SNR {study.settings.asymmetry_snr:g}", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        set_labels(ax, "spread of the class SNRs $\\eta$ (0: equal means)", "error (fraction misclassified)",
+                   f"Unequal class means: C = {study.settings.asymmetry_classes}, mean SNR $s$ = {study.settings.asymmetry_snr:g}\n"
+                   "(class $c$ at SNR $s\\,(1 + \\eta\\,(2c/(C-1) - 1))$)")
+        ax.set_box_aspect(1.0)
+    else:
+        ax.set_visible(False)
+    figure_legend(fig, axes, ncols=3)
     return fig
 
 
 def plot_finite_samples(study: Study):
-    """Per ``C`` (columns). Top: eigenvalue / bulk mean vs SNR: mean outlier (trained and
-    symmetric probabilities), bulk top (measured; moment-matched Marchenko-Pastur edge),
-    Theorem 8.1 and the finite-sample formula. Bottom: squared overlap of the top-``C``
-    eigenvectors with the signal space vs Paul's formula; the BBP threshold ``sqrt(D/n)``."""
+    """Per ``C`` (columns). Top: eigenvalue / bulk mean vs SNR: mean of the top ``C``
+    (trained and symmetric probabilities), bulk top (measured; moment-matched
+    Marchenko-Pastur edge), Theorem 8.1 and the finite-sample formula. Bottom: squared
+    overlap of the top-``C`` eigenvectors with the signal space vs Paul's formula; the
+    BBP threshold ``sqrt(D/n)`` in both. One legend per row, right of the panels."""
     classes = study.settings.classes
     gamma = study.settings.dim / study.settings.n_per_class
-    fig, axes = new_figure(2, len(classes), figsize=(5.4 * len(classes), 7.6), squeeze=False)
+    fig, axes = new_figure(2, len(classes), figsize=(4.6 * len(classes) + 2.6, 7.0), squeeze=False, layout="constrained")
     for col, C in enumerate(classes):
         ax = axes[0, col]
         snrs, ratio = _by_snr(study.points, C, lambda p: p.ratio)
@@ -143,31 +156,32 @@ def plot_finite_samples(study: Study):
         _, theo = _by_snr(study.points, C, lambda p: p.theorem_ratio)
         _, fs = _by_snr(study.points, C, lambda p: p.finite_sample_ratio)
         sym = sorted((q for q in study.symmetric if q.num_classes == C), key=lambda q: q.snr)
-        ax.plot(snrs, ratio, "o", color="tab:blue", label="trained: mean top-C / bulk")
-        ax.plot(snrs, edge, "s", color="tab:gray", ms=4, label="trained: bulk top (measured)")
-        ax.plot(snrs, edge_mp, "-", color="tab:gray", lw=1, label="trained: MP edge (1+sqrt(gamma_eff))^2")
-        ax.plot([q.snr for q in sym], [q.ratio for q in sym], "^", color="tab:green", label="symmetric p: mean top-C / bulk")
-        ax.plot([q.snr for q in sym], [q.bulk_edge / q.bulk for q in sym], "v", color="tab:olive", ms=4, label="symmetric p: bulk top (measured)")
-        ax.plot([q.snr for q in sym], [q.predicted_bulk_edge / q.bulk for q in sym], "--", color="tab:olive", lw=1, label="symmetric p: MP edge")
-        ax.plot(snrs, theo, "k-", lw=1.2, label="Theorem 8.1 (N = inf)")
+        ax.plot(snrs, theo, "k-", lw=1.2, label="Theorem 8.1 ($N = \\infty$)")
         ax.plot(snrs, fs, "k--", lw=1.2, label="finite-sample formula")
+        ax.plot(snrs, ratio, "o", color="tab:blue", label="mean of the top C, trained $p$")
+        ax.plot([q.snr for q in sym], [q.ratio for q in sym], "^", color="tab:green", label="mean of the top C, symmetric $p$")
+        ax.plot(snrs, edge, "s", color="tab:gray", ms=4, label="bulk top (measured), trained $p$")
+        ax.plot(snrs, edge_mp, "-", color="tab:gray", lw=1, label="MP edge $(1+\\sqrt{\\gamma_{eff}})^2$, trained $p$")
+        ax.plot([q.snr for q in sym], [q.bulk_edge / q.bulk for q in sym], "v", color="tab:olive", ms=4, label="bulk top (measured), symmetric $p$")
+        ax.plot([q.snr for q in sym], [q.predicted_bulk_edge / q.bulk for q in sym], "--", color="tab:olive", lw=1, label="MP edge, symmetric $p$")
         ax.set_yscale("log")
-        ax.set_ylabel("eigenvalue / bulk mean")
-        ax.set_title(f"C={C}, D={study.settings.dim}, n={study.settings.n_per_class} per class (D/n = {gamma:.2f})", fontsize=9)
+        set_labels(ax, "SNR $s$", "eigenvalue / bulk mean",
+                   f"C = {C}, D = {study.settings.dim}, n = {study.settings.n_per_class} per class ($D/n$ = {gamma:.2f})")
         ax = axes[1, col]
         _, ov = _by_snr(study.points, C, lambda p: p.measures.signal_overlap)
-        ax.plot(snrs, ov, "o", color="tab:blue", label="trained")
-        ax.plot([q.snr for q in sym], [q.signal_overlap for q in sym], "^", color="tab:green", label="symmetric p")
         fine = np.geomspace(snrs[0], snrs[-1], 300)
-        ax.plot(fine, [predicted_overlap(v, gamma) for v in fine], "k--", lw=1.2, label="Paul: (1 - g/s^2)/(1 + g/s), g = D/n")
-        ax.set_ylabel("squared overlap of top-C eigenvectors with the signal space")
+        ax.plot(fine, [predicted_overlap(v, gamma) for v in fine], "k--", lw=1.2,
+                label="Paul: $(1 - \\gamma/s^2)/(1 + \\gamma/s)$, $\\gamma = D/n$")
+        ax.plot(snrs, ov, "o", color="tab:blue", label="trained $p$")
+        ax.plot([q.snr for q in sym], [q.signal_overlap for q in sym], "^", color="tab:green", label="symmetric $p$")
+        set_labels(ax, "SNR $s$", "squared overlap with\nthe signal space (0 to 1)",
+                   f"Top-C eigenvectors vs the class-mean span, C = {C}")
         ax.set_ylim(0, 1.02)
         for a in axes[:, col]:
-            a.axvline(math.sqrt(gamma), color="tab:red", ls=":", lw=1, label="BBP threshold sqrt(D/n)")
+            a.axvline(math.sqrt(gamma), color="tab:red", ls=":", lw=1, label="BBP threshold $\\sqrt{D/n}$")
             a.set_xscale("log")
-            a.set_xlabel("SNR s")
-            a.legend(fontsize=6)
-    fig.tight_layout()
+            plain_log_ticks(a.xaxis)
+        plain_log_ticks(axes[0, col].yaxis)
+    for row in axes:
+        legend_outside(row[-1])
     return fig
-
-
