@@ -451,27 +451,34 @@ class GaussNewtonOperator(CurvatureOperator):
     """``G = (1/N) sum_i J_i^T A(p_i) J_i``, ``A(p) = diag(p) - p p^T`` (the Fisher for
     softmax cross-entropy; positive semidefinite).
 
-    Per batch: ``J v`` for a chunk of columns by ``torch.func.jvp`` under ``vmap``
-    (the primal pass runs once), ``u = A(p) J v = p * Jv - p (p . Jv)`` in closed
-    form, and ``J^T u`` by backward passes through one recorded forward.
+    Per batch and chunk of at most ``max_columns`` columns: one forward by
+    ``torch.func.jvp`` under ``vmap`` gives the logits (recorded for autograd, shared
+    by the chunk's columns) and ``J v`` for each column, ``u = A(p) J v = p * Jv - p (p . Jv)``
+    in closed form, and ``J^T u`` by backward passes through that forward.
     """
 
     kind = "G"
 
     def _batch_matmat(self, x: torch.Tensor, y: torch.Tensor, Vt: torch.Tensor) -> torch.Tensor:
         risk = self.risk
-        params = risk.parameters()
-
-        def push(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
-            return (jvp(lambda t: risk.forward(t, x), (params,), (v,))[1],)
-
-        (Jv,) = self._vmap_columns(push, Vt)  # (k, batch, C)
         theta = risk.leaves()
-        with torch.enable_grad():
-            logits = risk.forward(theta, x)
-        p = torch.softmax(logits.detach(), dim=-1)
-        U = p * Jv - p * (p * Jv).sum(dim=-1, keepdim=True)
-        return self._backward_columns([logits], theta, [U], width=self.max_columns)
+
+        def push(v: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            return jvp(lambda t: risk.forward(t, x), (theta,), (v,))
+
+        rows = []
+        for chunk in Vt.split(self.max_columns):
+            with torch.enable_grad():  # the primal logits keep their graph; the tangents are not differentiated
+                if chunk.shape[0] == 1:  # no vmap for one column (a Lanczos step): 20% faster on the MLP
+                    logits, Jv = push(risk.split(chunk[0]))
+                    Jv = Jv.detach()[None]
+                else:
+                    logits, Jv = vmap(push, out_dims=(None, 0))(risk.split(chunk))  # (batch, C), (k, batch, C)
+                    Jv = Jv.detach()
+            p = torch.softmax(logits.detach(), dim=-1)
+            U = p * Jv - p * (p * Jv).sum(dim=-1, keepdim=True)
+            rows.append(self._backward_columns([logits], theta, [U], width=chunk.shape[0]))
+        return torch.cat(rows)
 
 
 OPERATORS: dict[str, type[CurvatureOperator]] = {
