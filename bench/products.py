@@ -113,9 +113,12 @@ def bench_model(name: str, short: str, model: nn.Module, X: torch.Tensor, Y: tor
         "G": GaussNewtonOperator(risk, **cols),
         "E (double-backward)": ResidualOperator(risk, method="double-backward", **cols),
         "E (forward-over-reverse)": ResidualOperator(risk, method="forward-over-reverse", **cols),
+        "hessian (reverse-over-forward)": HessianOperator(risk, method="reverse-over-forward", **cols),
+        "E (reverse-over-forward)": ResidualOperator(risk, method="reverse-over-forward", **cols),
     }
     peer = {"hessian (double-backward)": "hessian", "hessian (forward-over-reverse)": "hessian", "G": "G",
-            "E (double-backward)": "E", "E (forward-over-reverse)": "E"}
+            "E (double-backward)": "E", "E (forward-over-reverse)": "E",
+            "hessian (reverse-over-forward)": "hessian", "E (reverse-over-forward)": "E"}
     theirs = curvlinops_products(model, risk, X, Y, args.batch_size)
 
     jobs: dict[str, Callable[[], object]] = {"gradient": risk.loss_and_gradient}
