@@ -7,11 +7,17 @@ Fashion-MNIST subset, in eval mode, every product ``A V`` (``V`` of shape
 pass (``EmpiricalRisk.loss_and_gradient``). Timed for one vector (a Lanczos
 step) and for a block of ``--columns`` vectors (Lanczos with several starts,
 subspace iteration), per column. Timings are the best of ``--repeats`` rounds,
-all jobs interleaved within each round so that machine load hits them alike.
+all jobs interleaved within each round so that machine load hits them alike;
+``--clock cpu`` (the default on the CPU) times the CPU seconds of this process
+(``time.process_time``), which with ``--threads 1`` is the compute of the job and
+leaves out the time it waits for a core that other jobs hold (on a loaded 2-core
+machine wall time ran 2-4x the CPU time and moved the ratios by up to 2x between
+runs); ``--clock wall`` (the default on a GPU, whose work the CPU clock does not
+see) times wall seconds.
 The last column is ``|ours - theirs| / |theirs|`` for one vector (curvlinops
 has no ``E``; its ``E v`` is ``H v - G v``, two products).
 
-Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 2] [--threads 1]``; one
+Run: ``python bench/products.py [--per-class 50] [--batch-size 250] [--repeats 2] [--threads 1] [--clock cpu]``; one
 table of both models (defaults: the README's 2 x 128 MLP and a VGG11 of width 8, hidden 64, P = 154k)
 (curvlinops from ``pip install -e ".[bench]"``; without it only our columns are shown).
 On a machine shared with other jobs use ``--threads 1``: oversubscribed intra-op
@@ -62,16 +68,28 @@ def curvlinops_available() -> bool:
     return True
 
 
-def best_times(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time of each job over ``repeats`` interleaved rounds (after one warm-up)."""
+def wall_clock() -> float:
+    """``time.perf_counter`` after the GPU's queued work is done (when there is a GPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": wall_clock}
+
+
+def best_times(jobs: dict[str, Callable[[], object]], repeats: int, clock: str = "cpu") -> dict[str, float]:
+    """Best time of each job on ``clock`` (see :data:`CLOCKS`) over ``repeats`` interleaved
+    rounds (after one warm-up)."""
+    now = CLOCKS[clock]
     for job in jobs.values():
         job()
     best = {name: float("inf") for name in jobs}
     for _ in range(repeats):
         for name, job in jobs.items():
-            start = time.perf_counter()
+            start = now()
             job()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], now() - start)
     return best
 
 
@@ -95,9 +113,12 @@ def bench_model(name: str, short: str, model: nn.Module, X: torch.Tensor, Y: tor
         "G": GaussNewtonOperator(risk, **cols),
         "E (double-backward)": ResidualOperator(risk, method="double-backward", **cols),
         "E (forward-over-reverse)": ResidualOperator(risk, method="forward-over-reverse", **cols),
+        "hessian (reverse-over-forward)": HessianOperator(risk, method="reverse-over-forward", **cols),
+        "E (reverse-over-forward)": ResidualOperator(risk, method="reverse-over-forward", **cols),
     }
     peer = {"hessian (double-backward)": "hessian", "hessian (forward-over-reverse)": "hessian", "G": "G",
-            "E (double-backward)": "E", "E (forward-over-reverse)": "E"}
+            "E (double-backward)": "E", "E (forward-over-reverse)": "E",
+            "hessian (reverse-over-forward)": "hessian", "E (reverse-over-forward)": "E"}
     theirs = curvlinops_products(model, risk, X, Y, args.batch_size)
 
     jobs: dict[str, Callable[[], object]] = {"gradient": risk.loss_and_gradient}
@@ -107,7 +128,7 @@ def bench_model(name: str, short: str, model: nn.Module, X: torch.Tensor, Y: tor
         if theirs is not None:
             for label, their in theirs.items():
                 jobs[f"curvlinops {label} {cols_k}"] = lambda their=their, V=V: their @ V
-    t = best_times(jobs, args.repeats)
+    t = best_times(jobs, args.repeats, args.clock)
     for cols_k in vectors:  # curvlinops has no E: its E v is H v - G v, two products
         if theirs is not None:
             t[f"curvlinops E {cols_k}"] = t[f"curvlinops hessian {cols_k}"] + t[f"curvlinops G {cols_k}"]
@@ -121,7 +142,7 @@ def bench_model(name: str, short: str, model: nn.Module, X: torch.Tensor, Y: tor
         diffs = {label: f"{rel_diff(op.matmat(v), ref[peer[label]]):.1e}" for label, op in ours.items()}
 
     print(f"{name}: P = {risk.size:,} parameters, N = {risk.num_data} examples, batch {args.batch_size}, "
-          f"{risk.dtype}, {risk.device}; one gradient pass {1e3 * grad:.1f} ms")
+          f"{risk.dtype}, {risk.device}; one gradient pass {1e3 * grad:.1f} ms ({args.clock} time)")
     rows = []
     for cols_k in vectors:
         for label in ours:
@@ -163,12 +184,16 @@ def main() -> None:
     parser.add_argument("--cnn-hidden", type=int, default=64, help="VGG11 classifier width (default 64; 4096 is the paper's)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", choices=list(CLOCKS), default=None,
+                        help="cpu: CPU seconds of this process, insensitive to other jobs on a shared machine; "
+                             "wall: wall seconds (default: cpu on the CPU, wall on a GPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data subset, the weights and the vectors (default 0)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured, also in a log file
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.clock = args.clock or ("cpu" if device.type == "cpu" else "wall")
     data = load_subset(args.dataset, root=args.root, per_class=args.per_class, seed=args.seed, device=device)
     X, Y = data.train.images.to(device), data.train.labels.to(device)
     print(f"{data.name}: {len(Y)} training images {tuple(data.in_shape)}, {data.num_classes} classes; "
