@@ -339,7 +339,7 @@ def test_study_attribution_figure_one_log_spectrum_per_knockout(tiny_study, tmp_
     assert all(panels[0].get_shared_x_axes().joined(panels[0], ax) for ax in panels)
     assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in panels)
     titles = [ax.get_title() for ax in panels]
-    assert titles[0].startswith(f"C = 3, SNR 30, trained: ") and "positive control:" in titles[0]
+    assert titles[0].startswith("C = 3, SNR 30, trained: ") and "positive control:" in titles[0]
     assert [t.split("\n")[-2].split(":")[0] for t in titles[1:]] == ["G - class", "G - cross", "G - within"]
     assert all("null space" in t for t in titles)
     # what vanished, in words, as the verdicts say
