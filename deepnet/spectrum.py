@@ -104,13 +104,18 @@ def expected_products(k: int, settings: DensitySettings, eigen_restarts: int = 4
     return settings.num_steps * settings.num_repeats + basis + eigen_restarts * max(basis - k, 1)
 
 
-def announce_products(op: SymmetricOperator, count: int, label: str, seed: int = 0, stream: Any = None) -> float:
-    """Time one product of ``op`` (a random vector, through :class:`theory.operators.CountedOperator`)
-    and print ``label: about N products x T s = ~M min`` before a long computation; returns ``T``."""
+def announce_products(op: SymmetricOperator, count: int, label: str, seed: int = 0, width: int = 1, stream: Any = None) -> float:
+    """Time ``op`` on a block of ``width`` random columns (the block the Lanczos runs
+    multiply, through :class:`theory.operators.CountedOperator`) after one warm-up
+    product (the first call builds what later ones reuse), print ``label: about N
+    products x T s = ~M min`` before a long computation; returns ``T``, seconds per column."""
     counted = CountedOperator(op)
-    v = torch.randn(op.size, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    counted.matmat(v.to(dtype=op.dtype, device=op.device))
-    per = counted.seconds
+    V = torch.randn(op.size, width + 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    V = V.to(dtype=op.dtype, device=op.device)
+    counted.matmat(V[:, :1])
+    warm = counted.seconds
+    counted.matmat(V[:, 1:])
+    per = (counted.seconds - warm) / width
     print(f"{label}: about {count} products x {per:.3g} s = ~{count * per / 60:.1f} min", file=stream or sys.stderr, flush=True)
     return per
 
@@ -164,7 +169,8 @@ def compute_spectra(
         if ctx is not None and ctx.active:
             op = DistributedOperator(op, ctx)
         if show_progress:  # before the long part: what it will cost, from one measured product
-            announce_products(op, expected_products(k, settings), f"spectrum {LABELS[kind]}", settings.seed)
+            announce_products(op, expected_products(k, settings), f"spectrum {LABELS[kind]}", settings.seed,
+                              width=settings.num_repeats)
         results.append(spectrum(op, k, settings, name=kind, which=which, tol=tol, max_iterations=max_iterations,
                                 show_progress=show_progress))
         seconds[kind] = time.perf_counter() - start

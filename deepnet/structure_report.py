@@ -4,7 +4,7 @@
 * **Attribution of G** (:func:`attribute_gradients`): ``G = class + cross + within +
   diag`` (:func:`deepnet.structure.decompose_gradients`) fed to
   :func:`theory.attribution.attribute_decomposition` (top eigenpairs of ``G``,
-  knockouts, verdicts and shares), plus the deflated log density of ``G``
+  knockouts, verdicts and shares), plus the deflated quadrature of ``G``
   (its top eigenvectors projected out) for the figure.
 * **The Hessian** (:func:`hessian_structure`): ``H = G + E``; for the top ``C``
   eigenvectors ``u_k`` of ``H``: ``|U_G^T u_k|^2`` (share in the top-``k`` eigenspace
@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from theory.attribution import AttributionReport, attribute_decomposition
+from theory.attribution import AttributionReport, KnockoutPanel, attribute_decomposition, knockout_limits, knockout_panel
 from theory.checks import check_int
-from theory.density import DensitySettings, SpectralDensity, bulk_quadrature
+from theory.density import DensitySettings, Quadrature, bulk_quadrature
 from theory.eigenpairs import Eigenpairs, top_eigenpairs
-from theory.figures import new_figure
+from theory.figures import COLORS, FONT, figure_legend, log_spectrum_curve, new_figure, outlier_markers, set_labels
 from theory.operators import CountedOperator, SymmetricOperator
 from theory.structure import CrossClassDecomposition, LowRankPart
 
@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 KNOCKOUTS = ("class", "cross", "within", "diag", "class+diag")
-_COLOURS = {"class": "tab:blue", "cross": "tab:orange", "within": "tab:green", "diag": "tab:purple", "class+diag": "tab:red"}
 
 
 # ----------------------------------------------------------------------------- the hierarchy
@@ -141,7 +140,7 @@ class GradientAttribution:
     ``G`` and of every part (``tr G`` exactly from the per-example squared norms);
     ``gram_eigenvalues``: the nonzero eigenvalues of the class (``C x C`` Gram), the
     means (class + cross + diag, ``C^2 x C^2``) and the class + cross parts;
-    ``deflated``: the log density of ``G`` with its top eigenvectors projected out;
+    ``deflated``: the Lanczos quadrature of ``G`` with its top eigenvectors projected out;
     ``hierarchy``; ``products`` and ``seconds`` of the ``G`` products.
     """
 
@@ -150,7 +149,7 @@ class GradientAttribution:
     report: AttributionReport
     traces: dict[str, float]
     gram_eigenvalues: dict[str, np.ndarray]
-    deflated: SpectralDensity
+    deflated: Quadrature
     hierarchy: Hierarchy
     products: int
     seconds: float
@@ -188,7 +187,8 @@ def attribute_gradients(
     dec, counted = _counted(decomposition)
     if show_progress:  # before the long part: A and each knockout (subtraction, and projection of a low-rank part)
         spectra = 2 + 2 * len(decomposition.parts)
-        announce_products(counted.base, spectra * expected_products(k, density.clamped(dec.dim)), f"attribution of G ({name})", seed)
+        announce_products(counted.base, spectra * expected_products(k, density.clamped(dec.dim)), f"attribution of G ({name})", seed,
+                          width=density.clamped(dec.dim).num_repeats)
     start = time.perf_counter()
     report = attribute_decomposition(
         dec, num_top=k, eig_tol=eig_tol, max_iterations=max_iterations, density=density.clamped(dec.dim),
@@ -199,7 +199,7 @@ def attribute_gradients(
     traces = {"G": decomposition.total_trace, **{n: p.trace for n, p in decomposition.parts.items()}}
     hierarchy = eigenvalue_hierarchy(decomposition, top.eigenvalues[:C], top.residuals[:C])
     return GradientAttribution(
-        name, dec.dim, report, traces, gram_eigenvalues(decomposition), q.log(), hierarchy, counted.columns, time.perf_counter() - start,
+        name, dec.dim, report, traces, gram_eigenvalues(decomposition), q, hierarchy, counted.columns, time.perf_counter() - start,
     )
 
 
@@ -295,46 +295,50 @@ def hessian_structure(
 
 # ----------------------------------------------------------------------------- figures
 def attribution_figure(result: GradientAttribution, title: str = "") -> Any:
-    """Papyan 2020, Fig. 5 style: the log density of ``G`` deflated by its top
-    eigenvectors (their eigenvalues as ticks), then one panel per subtraction knockout
-    (class, cross, within, diag, class+diag) over the log density of ``G`` (grey);
-    log-scale densities on ``log10(|lambda| + eps)``."""
+    """Papyan 2020, Fig. 5 style, on shared log axes (density per decade of ``|lambda|``,
+    the null space a share in each title): ``G`` with its outliers and bump as markers at
+    their eigenvalues, ``G``'s bulk with its top eigenvectors projected out (weight
+    ``(P-k)/P``), then one panel per subtraction knockout (class, cross, within, diag,
+    class+diag) over ``G`` shaded grey, each drawn by
+    :func:`theory.attribution.knockout_panel` with a title saying what vanished."""
     report = result.report
     base = report.spectra[0]
     subs = {s.component: s for s in report.spectra if s.kind == "subtraction"}
-    names = [n for n in KNOCKOUTS if n in subs]
-    fig, axes = new_figure(2, 3, figsize=(13.5, 7.0), squeeze=False)
-    eps = base.log_density.eps
-    peak = max(float(base.log_density.density.max()), float(result.deflated.density.max()))
-    floor = 1e-6 * peak
-    support = base.log_density.grid[base.log_density.density > 1e-4 * peak]
-    xlim = (float(support.min()) - 0.5, float(support.max()) + 0.5) if support.size else None
-    ax = axes[0, 0]
-    ax.semilogy(result.deflated.grid, np.maximum(result.deflated.density, floor), color="k", lw=1.2, label="G, deflated bulk")
-    ticks = np.log10(np.abs(base.eigenvalues) + eps)
-    ax.plot(ticks, np.full(ticks.size, floor * 4), "|", color="C0", ms=12, mew=0.7, label=f"top {ticks.size} of G")
-    ax.axvline(math.log10(abs(report.edge.threshold) + eps), color="k", ls="--", lw=0.8, label="edge threshold")
-    ax.set_title(f"G ({result.name}): {report.edge.num_separated} above the edge", fontsize=9)
-    for ax, name in zip(list(axes.flat)[1:], names):
-        s = subs[name]
-        ax.fill_between(base.log_density.grid, floor, np.maximum(base.log_density.density, floor), color="0.82", label="G")
-        ax.semilogy(s.log_density.grid, np.maximum(s.log_density.density, floor), color=_COLOURS[name], lw=1.3, label=s.name)
-        sep = s.eigenvalues[s.eigenvalues > s.threshold]
-        ax.plot(np.log10(np.abs(sep) + eps), np.full(sep.size, floor * 4), "|", color=_COLOURS[name], ms=12, mew=0.7)
-        ax.set_title(f"G - {name}: {s.num_separated} separated", fontsize=9)
-    for ax in axes.flat:
-        ax.set_xlabel(f"$\\log_{{10}}(|\\lambda| + {eps:g})$", fontsize=8)
-        ax.set_ylabel("density (log scale)", fontsize=8)
-        ax.set_ylim(floor, 3 * peak)
-        if xlim is not None:
-            ax.set_xlim(*xlim)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, loc="upper left")
-    for ax in list(axes.flat)[1 + len(names):]:
+    knockouts = [subs[n] for n in KNOCKOUTS if n in subs]
+    rows = math.ceil((len(knockouts) + 2) / 3)
+    fig, axes = new_figure(rows, 3, sharex=True, sharey=True, squeeze=False, layout="constrained",
+                           figsize=(12.6, 3.1 * rows + 0.8))
+    flat = list(axes.flat)
+    drawn = [knockout_panel(flat[0], report, base, symbol="G"), _deflated_panel(flat[1], result)]
+    drawn += [knockout_panel(ax, report, s, symbol="G") for ax, s in zip(flat[2:], knockouts)]
+    knockout_limits(flat[0], drawn)
+    for ax in flat[len(drawn):]:
         ax.set_visible(False)
-    fig.suptitle(title or f"Attribution of G ({result.name}, P = {result.size:,})")
-    fig.tight_layout()
+    figure_legend(fig, axes, ncols=3)
+    fig.suptitle(title or f"Attribution of G ({result.name}, P = {result.size:,})", fontsize=FONT["suptitle"])
     return fig
+
+
+def _deflated_panel(ax: Any, result: GradientAttribution) -> KnockoutPanel:
+    """``G`` shaded grey and, over it, the quadrature of ``(I - QQ^T) G (I - QQ^T)`` on
+    the complement of ``G``'s top ``k`` eigenvectors ``Q`` (weight ``(P-k)/P``), the
+    removed eigenvalues as ticks along the top."""
+    report = result.report
+    base = report.spectra[0]
+    zero_tol = float(report.settings.get("zero_tol") or 0.0)
+    sigma, q, k = base.log_density.sigma, result.deflated, base.eigenvalues.size
+    curves = (
+        log_spectrum_curve(ax, base.density.nodes, base.density.weights, sigma=sigma, num_runs=base.log_density.num_repeats,
+                           zero_tol=zero_tol, color=COLORS["A"], label="G (every panel)", fill=True),
+        log_spectrum_curve(ax, q.nodes, q.weights, sigma=sigma, num_runs=q.settings.num_repeats, weight=(result.size - k) / result.size,
+                           zero_tol=zero_tol, point_mass=q.point_mass, color="black", label="G's bulk, top eigenvectors projected out"),
+    )
+    top = base.eigenvalues[np.abs(base.eigenvalues) > zero_tol]
+    outlier_markers(ax, top, color="black", marker="|", y=0.85, annotate="none", label="top eigenvalues of G (projected out)")
+    ax.set_title(f"G deflated: its top {k} eigenvectors projected out\n{curves[-1].text}", fontsize=FONT["title"])
+    set_labels(ax, "$|\\lambda|$ (eigenvalue magnitude)", "density per decade of $|\\lambda|$")
+    ax.tick_params(labelbottom=True, labelleft=True)
+    return KnockoutPanel(curves, float(np.abs(top).max(initial=0.0)))
 
 
 def hessian_figure(hs: HessianStructure, title: str = "") -> Any:

@@ -121,3 +121,28 @@ def test_estimate_line_before_the_computation(make_mlp, capsys):
     line = next(l for l in err.splitlines() if l.startswith("spectrum G: about"))
     assert f"about {count} products x " in line and line.endswith(" min")
     assert 0.25 * count <= spectra["G"].num_products <= 4 * count
+
+
+def test_announced_time_is_per_column_of_a_block_after_a_warm_up(capsys):
+    """The announced T is the time of a block of ``width`` columns over ``width``, measured
+    after one warm-up product: an operator whose first call takes 0.4 s and every later
+    call 0.05 s (whatever its width) announces 0.05 / width, not 0.4."""
+    import time
+
+    import torch
+
+    from deepnet.spectrum import announce_products
+    from theory.operators import DenseOperator
+
+    class SlowStart(DenseOperator):
+        calls = 0
+
+        def _matmat(self, V):
+            time.sleep(0.4 if self.calls == 0 else 0.05)
+            self.calls += 1
+            return super()._matmat(V)
+
+    op = SlowStart(torch.eye(6, dtype=torch.float64))
+    per = announce_products(op, 1000, "test", width=5)
+    assert op.calls == 2 and 0.05 / 5 <= per < 0.6 * 0.05  # undivided by the width it would be >= 0.05
+    assert capsys.readouterr().err.startswith(f"test: about 1000 products x {per:.3g} s = ~")

@@ -261,6 +261,31 @@ def test_attribution_figure_one_log_spectrum_per_knockout():
                                    np.sort(report.verdict("outliers").eigenvalues))
 
 
+def test_attribution_figure_one_log_spectrum_per_knockout_and_the_deflated_bulk(make_mlp):
+    from deepnet.operators import EmpiricalRisk
+    from deepnet.structure import decompose_gradients
+    from deepnet.structure_report import KNOCKOUTS, attribute_gradients, attribution_figure
+    from theory.density import DensitySettings
+
+    model, X, Y = make_mlp()
+    dec = decompose_gradients(EmpiricalRisk(model, (X, Y), batch_size=7))
+    result = attribute_gradients(dec, num_top=12, density=DensitySettings(num_steps=12, num_repeats=2, seed=3), seed=3)
+    fig = attribution_figure(result)
+    check_panels(fig)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    knockouts = [s for s in result.report.spectra if s.kind == "subtraction"]
+    assert len(panels) == 2 + len(knockouts) and all(panels[0].get_shared_x_axes().joined(panels[0], ax) for ax in panels)
+    titles = [ax.get_title() for ax in panels]
+    assert titles[0].startswith("G: ") and titles[1].startswith("G deflated: its top 12 eigenvectors projected out")
+    assert [t.split(":")[0] for t in titles[2:]] == [f"G - {n}" for n in KNOCKOUTS if n in {s.component for s in knockouts}]
+    assert all("null space" in t for t in titles)
+    # the deflated panel: the removed eigenvalues at their values, the bulk's curve weighted (P - k) / P
+    removed = result.report.spectra[0].eigenvalues
+    np.testing.assert_allclose(np.sort(lines_labelled(panels[1], "top eigenvalues of G")[0].get_xdata()),
+                               np.sort(removed[np.abs(removed) > float(result.report.settings.get("zero_tol") or 0.0)]))
+    assert result.deflated.weights.sum() == pytest.approx(1.0)
+
+
 def test_synthetic_figure_outliers_at_their_values_and_height_one_over_p():
     from theory.synthetic import plot_synthetic_check, run_synthetic_check
 
