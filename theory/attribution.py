@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -518,7 +519,8 @@ def knockout_panel(ax: Any, report: AttributionReport, s: KnockoutSpectrum, symb
     their eigenvalues along the top, the eigenvalues the knockout still separates as
     coloured ticks below them (a feature that vanishes has grey markers and no ticks),
     the separation threshold dashed (``A``'s black; a full-rank knockout's own in its
-    colour where it lies within the knockout's drawn spectrum, not at its null space). The title is :func:`knockout_caption` and the null-space share."""
+    colour where it lies within the knockout's drawn spectrum, not at its null space). The
+    title is :func:`knockout_caption` (wrapped at 52 characters) and the null-space share."""
     zero_tol = float(report.settings.get("zero_tol") or 0.0)
     base = report.spectra[0]
     color = matrix_color(s.name)
@@ -541,7 +543,7 @@ def knockout_panel(ax: Any, report: AttributionReport, s: KnockoutSpectrum, symb
         ax.axvline(abs(s.threshold), color="k", ls="--", lw=0.8, label=f"separation threshold of {symbol}")
     elif curves[-1].lowest is not None and abs(s.threshold) >= curves[-1].lowest:
         ax.axvline(abs(s.threshold), color=color, ls="-.", lw=0.8, label="own separation threshold (full-rank knockout)")
-    ax.set_title(f"{knockout_caption(report, s, symbol)}\n{curves[-1].text}", fontsize=FONT["title"])
+    ax.set_title(f"{textwrap.fill(knockout_caption(report, s, symbol), 52)}\n{curves[-1].text}", fontsize=FONT["title"])
     set_labels(ax, "$|\\lambda|$ (eigenvalue magnitude)", "density per decade of $|\\lambda|$")
     ax.tick_params(labelbottom=True, labelleft=True)
     largest = max([float(np.abs(f.eigenvalues).max()) for f in features] + [float(np.abs(kept).max(initial=0.0))])
