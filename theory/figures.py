@@ -365,7 +365,8 @@ def outlier_markers(
     shown = {"largest": order[:1], "all": order, "none": order[:0]}[annotate]
     for i in shown:
         text = f"$\\lambda_1$ = {values[i]:.3g}" if annotate == "largest" else f"{values[i]:.3g}"
-        offset, ha, va = ((0, -11), "center", "top") if annotate == "largest" else ((6, 0), "left", "center")
+        # the largest is the rightmost marker: its label ends under it, inside the panel
+        offset, ha, va = ((4, -11), "right", "top") if annotate == "largest" else ((6, 0), "left", "center")
         ax.annotate(text, (abs(values[i]), y), xycoords=transform, xytext=offset, textcoords="offset points",
                     ha=ha, va=va, fontsize=FONT["note"], color=color)
     return line
