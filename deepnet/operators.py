@@ -405,10 +405,11 @@ class _GradientMapOperator(CurvatureOperator):
     with autograd (all columns through one graph per batch);
     ``"forward-over-reverse"`` takes ``torch.func.jvp`` of the ``torch.func.vjp``
     gradient map under ``vmap`` over the columns; ``"reverse-over-forward"``
-    takes ``J v`` by ``torch.func.jvp`` (one forward per chunk of columns) and
+    takes ``J v`` by ``torch.func.jvp`` (one forward per column) and
     the gradient of ``s = r^T J v = <J^T r, v>`` by a backward pass through it.
-    Which is fastest depends on the network (``bench/products.py``): double
-    backward on the MLP, reverse-over-forward on the CNN.
+    Which is fastest depends on the network and the block (``bench/products.py``):
+    double backward on the MLP and on blocks of columns, reverse-over-forward for
+    one column on the CNN.
     """
 
     freeze_residual = False
@@ -438,7 +439,9 @@ class _GradientMapOperator(CurvatureOperator):
         theta = risk.leaves()
         if self.method == "reverse-over-forward":
             rows = []
-            for chunk in Vt.split(self.max_columns):
+            # one column per forward: under vmap the backward through k batched tangents
+            # cost 6-7 gradient passes per column on VGG11 against 2.7 for one (bench/products.py)
+            for chunk in Vt.split(1):
                 logits, Jv = self._logits_and_tangents(x, theta, chunk)
                 with torch.enable_grad():  # s_j = r^T J v_j = <J^T r, v_j>, whose gradient is H v_j (E v_j for r fixed)
                     s = (self._residual(logits, y) * Jv).sum(dim=(1, 2))
