@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     if "network" in results:
         folder.save_figure("attribution.png", attribution_figure(results["network"], f"{model_name} on {dataset}: attribution of G"))
         for label, result in results["layers"].items():
-            folder.save_figure(f"attribution-{label}.png", attribution_figure(result, f"{model_name}: attribution of G^({label})"))
+            folder.save_figure(f"attribution-{label}.png", attribution_figure(result, f"{model_name}: attribution of G of the parameters of {label}"))
     if "hessian" in results:
         folder.save_figure("hessian.png", hessian_figure(results["hessian"], f"{model_name} on {dataset}: Hessian = G + E"))
     print(f"structure: wrote {folder.path}")

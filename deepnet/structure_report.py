@@ -346,21 +346,21 @@ def hessian_figure(hs: HessianStructure, title: str = "") -> Any:
     the class, class + cross and means parts (log scale, by index); the overlaps of
     ``H``'s top eigenvectors with ``G``'s top eigenspace and with the class-mean span,
     and the principal cosines between ``span{g_c}`` and ``H``'s top-``C`` eigenspace."""
-    fig, axes = new_figure(1, 2, figsize=(12, 4.2))
+    fig, axes = new_figure(1, 2, figsize=(12, 5.0), layout="constrained")
     ax = axes[0]
-    series = [("G", hs.g, "tab:blue", "s"), ("class + cross + diag (Gram)", hs.gram_eigenvalues["means"], "tab:gray", "."),
+    series = [("G", hs.g, "tab:blue", "s"), ("class + cross + diag (Gram)", hs.gram_eigenvalues["means"], "tab:gray", "D"),
               ("class + cross (Gram)", hs.gram_eigenvalues["class+cross"], "tab:orange", "x"),
               ("class (Gram)", hs.gram_eigenvalues["class"], "tab:red", "^"), ("H", hs.h, "k", "o")]
-    for label, vals, colour, marker in series:  # H last, open circles: visible where it coincides with G
+    open_markers = ("H", "class + cross + diag (Gram)")  # open: visible where they coincide with G or class + cross
+    for label, vals, colour, marker in series:
         vals = np.asarray(vals)
         vals = vals[vals > 0]
-        ax.semilogy(np.arange(1, vals.size + 1), vals, ls="none", marker=marker, color=colour, ms=7 if label == "H" else 5,
-                    mfc="none" if label == "H" else colour, label=label)
+        ax.semilogy(np.arange(1, vals.size + 1), vals, ls="none", marker=marker, color=colour, ms=7 if label in open_markers else 5,
+                    mfc="none" if label in open_markers else colour, label=label)
     ax.set_xlabel("index $c$")
     ax.set_ylabel("eigenvalue $\\lambda_c$ (log scale)")
     ax.set_title("hierarchy " + ("holds" if hs.hierarchy.holds else "VIOLATED")
-                 + ": $\\lambda_c(G) \\geq \\lambda_c(class+cross) \\geq \\lambda_c(class)$", fontsize=9)
-    ax.legend(fontsize=7)
+                 + ": $\\lambda_c(G) \\geq \\lambda_c(class+cross) \\geq \\lambda_c(class)$", fontsize=FONT["title"])
     ax = axes[1]
     idx = np.arange(1, hs.h.size + 1)
     ax.bar(idx - 0.2, hs.overlap_g, width=0.4, color="tab:blue", label="$|U_G^T u_j|^2$ (top eigenspace of G)")
@@ -370,7 +370,6 @@ def hessian_figure(hs: HessianStructure, title: str = "") -> Any:
     ax.set_xlabel("index $j$ of the top eigenvectors $u_j$ of H")
     ax.set_ylabel("overlap / cosine")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle(title or "Hessian = G + E: outliers of H against G and the class means")
-    fig.tight_layout()
+    figure_legend(fig, axes, ncols=3)  # below the panels: over the bars it hid them
+    fig.suptitle(title or "Hessian = G + E: outliers of H against G and the class means", fontsize=FONT["suptitle"])
     return fig

@@ -286,6 +286,23 @@ def test_attribution_figure_one_log_spectrum_per_knockout_and_the_deflated_bulk(
     assert result.deflated.weights.sum() == pytest.approx(1.0)
 
 
+def test_hessian_figure_markers_at_the_eigenvalues_and_the_legend_off_the_bars(make_mlp):
+    from deepnet.operators import EmpiricalRisk, curvature_operator
+    from deepnet.structure import decompose_gradients
+    from deepnet.structure_report import hessian_figure, hessian_structure
+
+    model, X, Y = make_mlp()
+    risk = EmpiricalRisk(model, (X, Y), batch_size=7)
+    hs = hessian_structure(decompose_gradients(risk), curvature_operator("hessian", risk), tol=1e-6, seed=1)
+    fig = hessian_figure(hs)
+    check_panels(fig)
+    left, right = fig.axes[:2]
+    np.testing.assert_allclose(lines_labelled(left, "H")[-1].get_ydata(), hs.h[hs.h > 0])
+    np.testing.assert_allclose([bar.get_height() for bar in right.containers[1]], hs.overlap_class)
+    # one legend below the panels (check_panels sees lines and markers, not bars, which an axes legend hid)
+    assert fig.legends and left.get_legend() is None and right.get_legend() is None
+
+
 def test_synthetic_figure_outliers_at_their_values_and_height_one_over_p():
     from theory.synthetic import plot_synthetic_check, run_synthetic_check
 
