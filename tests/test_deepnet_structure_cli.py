@@ -89,6 +89,25 @@ def test_overlaps_and_principal_angles_match_dense_eigh(tiny):
     np.testing.assert_allclose(principal_cosines(e[:, :1], e[:, :2]), [1.0])
 
 
+def test_one_resolution_warning_per_attribution(tiny):
+    """Unresolved log densities warn once for the whole attribution, naming the spectra,
+    not once per knockout; every record keeps its own message."""
+    import warnings
+
+    from theory.attribution import attribute_decomposition
+    from theory.density import DensitySettings
+
+    _, dec = tiny
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = attribute_decomposition(dec, num_top=12, density=DensitySettings(num_steps=12, num_repeats=2, seed=3), seed=3)
+    unresolved = [s.name for s in report.spectra if s.log_density.resolution.warning]
+    assert len(unresolved) >= 2  # the case the summary is for
+    said = [str(w.message) for w in caught if "not resolved below" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith(f"{len(unresolved)} of the {len(report.spectra)} spectra")
+    assert all(name in said[0] for name in unresolved)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from deepnet.train import TrainConfig, train

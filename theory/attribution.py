@@ -39,11 +39,13 @@ decomposition, or any operators):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -563,6 +565,26 @@ def knockout_limits(ax: Any, panels: Sequence[KnockoutPanel]) -> None:
 
 
 # --------------------------------------------------------------------------- the analysis
+@contextlib.contextmanager
+def _unresolved_quiet() -> Iterator[None]:
+    """The log densities' resolution warnings silenced (each record keeps its message in
+    ``log_density.resolution``): :func:`_warn_unresolved` issues one for all spectra."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="log density not resolved below", category=RuntimeWarning)
+        yield
+
+
+def _warn_unresolved(spectra: Sequence[KnockoutSpectrum]) -> None:
+    """One RuntimeWarning for the spectra whose log density the Lanczos nodes do not resolve
+    towards zero (instead of one per knockout), with the first one's message."""
+    messages = [(s.name, s.log_density.resolution.warning) for s in spectra
+                if s.log_density.resolution is not None and s.log_density.resolution.warning]
+    if messages:
+        names = ", ".join(name for name, _ in messages)
+        warnings.warn(f"{len(messages)} of the {len(spectra)} spectra of the attribution ({names}): {messages[0][1]}",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _dense_eigenpairs(op: SymmetricOperator, k: int) -> Eigenpairs:
     """The top ``k`` eigenpairs from ``eigh`` of ``op.to_dense()`` (float64, LAPACK ``evr``
     on the wanted index range only), with residuals ``|D v - lambda v|``."""
@@ -867,7 +889,8 @@ def attribute(
     # --- A: top eigenpairs, densities, bulk edge
     check_symmetric(A, seed=seed)
     say = (lambda text: print(f"attribution: {text}", file=sys.stderr, flush=True)) if show_progress else (lambda text: None)
-    lin_a, log_a = spectral_densities(A, dens, check_symmetry=False)
+    with _unresolved_quiet():
+        lin_a, log_a = spectral_densities(A, dens, check_symmetry=False)
     bounds = lin_a.bounds
     while True:
         say(f"top {num_top} eigenpairs of A")
@@ -919,7 +942,8 @@ def attribute(
             q = quadrature(op, dens, check_symmetry=False)  # on A's bounds, widened where the knockout's spectrum leaves them
             q = dataclasses.replace(q, bounds=dataclasses.replace(
                 bounds, lower=min(bounds.lower, q.bounds.lower), upper=max(bounds.upper, q.bounds.upper)))
-            lin, log = q.linear(), q.log()
+            with _unresolved_quiet():
+                lin, log = q.linear(), q.log()
         Usep = top.eigenvectors[:, vals > threshold]
         retained = {f: _retained(Usep, Uf[f]) for f in feat_names}
         cert = None
@@ -952,6 +976,8 @@ def attribute(
             op = projection_knockout(A, c)
             projs[name] = summarize(f"P⊥ A P⊥ ({name})", "projection", name, op, top(op, k_knock), c.rank)
             spectra.append(projs[name])
+
+    _warn_unresolved(spectra)
 
     # --- verdicts and shares
     mass_a = spectra[0].bulk_mass
