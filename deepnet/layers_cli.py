@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from theory.checks import check_int, check_real
+from theory.figures import FONT, figure_legend, new_figure, plain_log_ticks, set_labels
 from theory.progress import progress
 from theory.runs import RunFolder
-from theory.figures import FONT, figure_legend, new_figure, plain_log_ticks, set_labels
 from theory.spectral import top_eigenpairs
 
 from .analysis import default_out, load_analysis
