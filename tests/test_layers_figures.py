@@ -6,7 +6,6 @@ zero with the count below it in the title, Kronecker cosines, singular values)."
 
 import numpy as np
 import pytest
-import torch
 
 from deepnet.kronecker import kronecker_structure
 from deepnet.layers import layer_separation, layer_statistics
