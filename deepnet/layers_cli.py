@@ -21,6 +21,7 @@ then ``report.md``. Every setting is checked before the checkpoint is read.
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -120,10 +121,11 @@ def _above_zero(values: np.ndarray) -> np.ndarray:
 
 
 def _zeros_note(counts: dict[str, tuple[int, int]]) -> str:
-    """``"name: k of n at numerical zero"`` for every entry with ``k > 0``, or ``"none at numerical zero"``."""
+    """``"name: k of n at numerical zero"`` for every entry with ``k > 0``, or ``"none at
+    numerical zero"``, wrapped to the width of a panel's title."""
     hidden = [f"{name}: {k} of {n}" for name, (k, n) in counts.items() if k]
-    rule = f"at numerical zero ($< 10^{{{int(np.log10(ZERO_RTOL))}}}$ of the largest, not drawn)"
-    return f"{', '.join(hidden)} {rule}" if hidden else f"none {rule}"
+    rule = f"at numerical zero ($<10^{{{int(np.log10(ZERO_RTOL))}}}$ of the largest, not drawn)"
+    return textwrap.fill(f"{', '.join(hidden)} {rule}" if hidden else f"none {rule}", 80, break_long_words=False)
 
 
 def separation_figure(sep: SeparationWithDepth, title: str = "") -> Any:
