@@ -21,6 +21,7 @@ then ``report.md``. Every setting is checked before the checkpoint is read.
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from theory.checks import check_int, check_real
+from theory.figures import FONT, figure_legend, new_figure, plain_log_ticks, set_labels
 from theory.progress import progress
 from theory.runs import RunFolder
 from theory.spectral import top_eigenpairs
@@ -51,11 +53,11 @@ from .weights import WeightStructure, weight_structure
 __all__ = ["add_arguments", "kronecker_figure", "layers_report", "run", "separation_figure", "spectra_figure", "weights_figure"]
 
 _MEASURES = (
-    ("outlier_to_bulk", "$\\lambda_C / \\lambda_{C+1}$ (outliers / bulk)", True),
-    ("class_eigenvalue_ratio", "$\\lambda_2 / \\lambda_C$ of the class part", True),
-    ("trace_ratio", "tr $\\Sigma_B$ / tr $\\Sigma_W$", True),
-    ("within_over_between", "tr$(\\Sigma_W \\Sigma_B^+) / C$", True),
-    ("mean_abs_cosine", "mean |cos| of centred class means", False),
+    ("outlier_to_bulk", "$\\lambda_C / \\lambda_{C+1}$ (ratio)", "outliers over the bulk", True),
+    ("class_eigenvalue_ratio", "$\\lambda_2 / \\lambda_C$ (ratio)", "spread of the class part's eigenvalues", True),
+    ("trace_ratio", "tr $\\Sigma_B$ / tr $\\Sigma_W$ (ratio)", "between- over within-class variance", True),
+    ("within_over_between", "tr$(\\Sigma_W \\Sigma_B^+) / C$ (ratio)", "within-class variability in the class-mean span", True),
+    ("mean_abs_cosine", "mean |cos| (cosine)", "mean |cos| between centred class means", False),
 )
 
 
@@ -83,105 +85,151 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "global-mean share of the features per layer and their top C Hessian outliers (default: none)")
 
 
-def _axes_by_depth(ax: Any, names: list[str]) -> None:
-    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
-    ax.set_xlabel("layer")
+_STYLES = {"features": ("tab:blue", "o-", "features $h$ (layer inputs)"),
+           "errors": ("tab:orange", "s--", "errors $\\delta$ (at the layer outputs)")}
+
+ZERO_RTOL = 1e-12
+"""Eigenvalues (singular values) below this fraction of the largest are numerical zeros:
+not drawn on a log axis, counted in the panel's title instead."""
+
+
+def _axes_by_depth(ax: Any, names: list[str], ylabel: str, title: str | None = None) -> None:
+    """Layer names along x (forward order), the style's labels and title."""
+    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=FONT["tick"])
+    set_labels(ax, "layer (input to output)", ylabel, title)
+
+
+def _value_axis(ax: Any, which: str, values: np.ndarray) -> None:
+    """Scale of the ``which`` (``"x"`` / ``"y"``) axis of ``ax`` for the positive finite
+    ``values``: log where they span a decade or more (plain tick labels under two
+    decades), else linear."""
+    v = values[np.isfinite(values) & (values > 0)]
+    if not v.size or v.max() < 10.0 * v.min():
+        return
+    getattr(ax, f"set_{which}scale")("log")
+    if v.max() < 100.0 * v.min():
+        plain_log_ticks(getattr(ax, f"{which}axis"))
+
+
+def _above_zero(values: np.ndarray) -> np.ndarray:
+    """Mask of ``values / values[0] > ZERO_RTOL`` (finite): what a log axis of the
+    descending ``values`` relative to the largest shows."""
+    values = np.asarray(values, dtype=np.float64)
+    if not values.size or not values[0] > 0:
+        return np.zeros(values.shape, dtype=bool)
+    return np.isfinite(values) & (values > ZERO_RTOL * values[0])
+
+
+def _zeros_note(counts: dict[str, tuple[int, int]]) -> str:
+    """``"name: k of n at numerical zero"`` for every entry with ``k > 0``, or ``"none at
+    numerical zero"``, wrapped to the width of a panel's title."""
+    hidden = [f"{name}: {k} of {n}" for name, (k, n) in counts.items() if k]
+    rule = f"at numerical zero ($<10^{{{int(np.log10(ZERO_RTOL))}}}$ of the largest, not drawn)"
+    return textwrap.fill(f"{', '.join(hidden)} {rule}" if hidden else f"none {rule}", 80, break_long_words=False)
 
 
 def separation_figure(sep: SeparationWithDepth, title: str = "") -> Any:
     """Five measures of :class:`deepnet.layers.Separation` and the global-mean share
-    against depth, for the features and the errors."""
-    # no pyplot: no backend or global state touched
-    from matplotlib.figure import Figure
-
+    ``|mu_G|^2 / tr H`` against depth, for the features and the errors (one panel each,
+    log axes for the ratios; non-finite values, e.g. ``lambda_C / lambda_{C+1}`` where
+    ``d <= C``, are left out)."""
     names = list(sep.layers)
-    fig = Figure(figsize=(13, 7))
-    axes = fig.subplots(2, 3).ravel()
-    for ax, (measure, label, log) in zip(axes, _MEASURES):
-        for which, style in (("features", "o-"), ("errors", "s--")):
+    depth = np.arange(len(names))
+    fig, axes = new_figure(2, 3, figsize=(13, 7.4), layout="constrained")
+    for ax, (measure, ylabel, panel_title, log) in zip(axes.flat, _MEASURES):
+        drawn = []
+        for which, (colour, style, label) in _STYLES.items():
             values = sep.series(which, measure)
-            ax.plot(range(len(names)), np.where(np.isfinite(values), values, np.nan), style, label=which)
+            keep = np.isfinite(values) & (values > 0 if log else True)
+            ax.plot(depth[keep], values[keep], style, color=colour, label=label)
+            drawn.append(values[keep])
         if log:
-            ax.set_yscale("log")
-        ax.set_title(label, fontsize=9)
-        _axes_by_depth(ax, names)
-    axes[-1].plot(range(len(names)), [layer.global_mean_share for layer in sep.layers.values()], "o-")
-    axes[-1].set_title("global-mean share of the features $|\\mu_G|^2 / \\mathrm{tr}\\, H$", fontsize=9)
-    _axes_by_depth(axes[-1], names)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title or "Separation with depth")
-    fig.tight_layout()
+            _value_axis(ax, "y", np.concatenate(drawn))
+        _axes_by_depth(ax, names, ylabel, panel_title)
+    colour, style, label = _STYLES["features"]
+    share = np.array([layer.global_mean_share for layer in sep.layers.values()])
+    keep = np.isfinite(share)
+    axes[-1, -1].plot(depth[keep], share[keep], style, color=colour, label=label)
+    _axes_by_depth(axes[-1, -1], names, "$|\\mu_G|^2 / \\mathrm{tr}\\, H$ (share)", "global-mean share of the features")
+    figure_legend(fig, axes)
+    fig.suptitle(title or "Separation with depth", fontsize=FONT["suptitle"])
     return fig
 
 
 def spectra_figure(sep: SeparationWithDepth, title: str = "") -> Any:
-    """The eigenvalues of every layer's feature and error second moments (descending, log
-    scale, one colour per depth), outliers marked by the first ``C`` points."""
+    """The eigenvalues ``lambda_k / lambda_1`` of every layer's feature and error second
+    moments (descending, log axes, one colour per depth), outliers marked by the first
+    ``C`` points; numerical zeros (below ``ZERO_RTOL``, e.g. beyond the rank ``N`` of the
+    data) are not drawn, their count per layer is in the panel's title."""
     from matplotlib import colormaps
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.5))
-    axes = fig.subplots(1, 2)
+    fig, axes = new_figure(1, 2, figsize=(12, 5.0), layout="constrained")
     colours = colormaps["viridis"](np.linspace(0, 1, max(len(sep.layers), 2)))
     C = sep.num_classes
     for ax, which in zip(axes, ("features", "errors")):
+        counts, drawn = {}, []
         for colour, (name, layer) in zip(colours, sep.layers.items()):
-            lam = getattr(layer, which).eigenvalues
-            lam = lam / lam[0] if lam.size and lam[0] > 0 else lam
-            ax.plot(np.arange(1, lam.size + 1), np.maximum(lam, 1e-16), color=colour, lw=1, label=name)
-            ax.plot(np.arange(1, min(C, lam.size) + 1), np.maximum(lam[:C], 1e-16), "o", color=colour, ms=3)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("index k")
-        ax.set_ylabel("$\\lambda_k / \\lambda_1$")
-        ax.set_title(f"{which} second moments (first C = {C} marked)", fontsize=9)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(title or "Spectra of all layers")
-    fig.tight_layout()
+            lam = np.asarray(getattr(layer, which).eigenvalues, dtype=np.float64)
+            keep = _above_zero(lam)
+            counts[name] = (int(lam.size - keep.sum()), lam.size)
+            k, rel = np.arange(1, lam.size + 1)[keep], lam[keep] / lam[0] if keep.any() else lam[keep]
+            ax.plot(k, rel, color=colour, lw=1, label=name)
+            ax.plot(k[k <= C], rel[k <= C], "o", color=colour, ms=3)
+            drawn.append(rel)
+        _value_axis(ax, "x", np.array([1.0, max(max(n for _, n in counts.values()), 1)]))
+        _value_axis(ax, "y", np.concatenate(drawn))
+        set_labels(ax, "index $k$ (eigenvalues descending)", "$\\lambda_k / \\lambda_1$ (ratio)",
+                   f"{which} second moments (first C = {C} marked)\n{_zeros_note(counts)}")
+    figure_legend(fig, axes, ncols=min(len(sep.layers), 6))
+    fig.suptitle(title or "Spectra of all layers", fontsize=FONT["suptitle"])
     return fig
 
 
 def kronecker_figure(kron: KroneckerStructure, title: str = "") -> Any:
     """Per layer the cosines of the gradient cross-class means (all cells) and class means
-    with their Kronecker predictions."""
-    from matplotlib.figure import Figure
-
+    with their Kronecker predictions, and the ``P_{c,c'}``-weighted mean over the cells."""
     names = list(kron.layers)
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
+    fig, ax = new_figure(figsize=(7.5, 4.6), layout="constrained")
     for k, layer in enumerate(kron.layers.values()):
         cells = layer.cell_cosines[np.isfinite(layer.cell_cosines)]
-        ax.plot(np.full(cells.shape, k - 0.1), cells, ".", color="tab:blue", alpha=0.4, label="cells" if k == 0 else None)
-        ax.plot(np.full(layer.class_cosines.shape, k + 0.1), layer.class_cosines, ".", color="tab:red", alpha=0.6,
-                label="classes" if k == 0 else None)
-    ax.plot(range(len(names)), [layer.mean_cell_cosine for layer in kron.layers.values()], "k-", label="weighted mean (cells)")
-    ax.set_ylabel("cos(g, $\\mu^h \\otimes \\mu^\\delta$)")
-    _axes_by_depth(ax, names)
-    ax.legend(fontsize=8)
-    fig.suptitle(title or "Kronecker structure of the gradient means")
-    fig.tight_layout()
+        classes = layer.class_cosines[np.isfinite(layer.class_cosines)]
+        ax.plot(np.full(cells.shape, k - 0.1), cells, ".", color="tab:blue", alpha=0.4,
+                label="cells $(c, c')$" if k == 0 else None)
+        ax.plot(np.full(classes.shape, k + 0.1), classes, ".", color="tab:red", alpha=0.6,
+                label="classes $c$" if k == 0 else None)
+    mean = np.array([layer.mean_cell_cosine for layer in kron.layers.values()])
+    keep = np.isfinite(mean)
+    ax.plot(np.arange(len(names))[keep], mean[keep], "k-", label="weighted mean over the cells")
+    _axes_by_depth(ax, names, "cos(g, $\\mu^\\delta \\otimes \\mu^h$) (cosine)",
+                   "gradient means against their Kronecker predictions")
+    figure_legend(fig, ax)
+    fig.suptitle(title or "Kronecker structure of the gradient means", fontsize=FONT["suptitle"])
     return fig
 
 
 def weights_figure(weights: WeightStructure, num_classes: int, title: str = "") -> Any:
-    """Singular values of every weight (normalised by the largest), ``C`` marked."""
+    """Singular values ``sigma_k / sigma_1`` of every weight (log axes, one colour per
+    depth), ``k = C`` dotted; numerical zeros (below ``ZERO_RTOL``) are not drawn, their
+    count is in the title."""
     from matplotlib import colormaps
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
+    fig, ax = new_figure(figsize=(7.5, 5.0), layout="constrained")
     colours = colormaps["viridis"](np.linspace(0, 1, max(len(weights.layers), 2)))
+    counts, drawn = {}, []
     for colour, (name, layer) in zip(colours, weights.layers.items()):
-        s = layer.singular_values / layer.singular_values[0]
-        ax.plot(np.arange(1, s.size + 1), s, color=colour, lw=1, label=name)
-    ax.axvline(num_classes, color="grey", ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("index k (dotted: C)")
-    ax.set_ylabel("$\\sigma_k / \\sigma_1$")
-    ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(title or "Singular values of the weights")
-    fig.tight_layout()
+        s = np.asarray(layer.singular_values, dtype=np.float64)
+        keep = _above_zero(s)
+        counts[name] = (int(s.size - keep.sum()), s.size)
+        rel = s[keep] / s[0] if keep.any() else s[keep]
+        ax.plot(np.arange(1, s.size + 1)[keep], rel, color=colour, lw=1, label=name)
+        drawn.append(rel)
+    ax.axvline(num_classes, color="grey", ls=":", lw=1, label=f"$k = C$ = {num_classes}")
+    _value_axis(ax, "x", np.array([1.0, max([n for _, n in counts.values()] + [num_classes])]))
+    _value_axis(ax, "y", np.concatenate(drawn))
+    set_labels(ax, "index $k$ (singular values descending)", "$\\sigma_k / \\sigma_1$ (ratio)",
+               f"singular values of the weights\n{_zeros_note(counts)}")
+    figure_legend(fig, ax, ncols=min(len(weights.layers) + 1, 6))
+    fig.suptitle(title or "Singular values of the weights", fontsize=FONT["suptitle"])
     return fig
 
 
