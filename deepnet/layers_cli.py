@@ -90,7 +90,15 @@ _STYLES = {"features": ("tab:blue", "o-", "features $h$ (layer inputs)"),
 
 ZERO_RTOL = 1e-12
 """Eigenvalues (singular values) below this fraction of the largest are numerical zeros:
-not drawn on a log axis, counted in the panel's title instead."""
+not drawn on a log axis, counted in the panel's title instead (the floor of
+:func:`numerical_zero`)."""
+
+
+def numerical_zero(dtype: torch.dtype) -> float:
+    """The relative size ``max(ZERO_RTOL, 10 eps)`` below which eigenvalues computed from
+    passes in ``dtype`` are rounding (float32: 1.2e-6; the zeros beyond the rank ``N`` of
+    the data sit near 1e-8 there, 2e-16 in float64)."""
+    return max(ZERO_RTOL, 10.0 * torch.finfo(dtype).eps)
 
 
 def _axes_by_depth(ax: Any, names: list[str], ylabel: str, title: str | None = None) -> None:
@@ -111,20 +119,20 @@ def _value_axis(ax: Any, which: str, values: np.ndarray) -> None:
         plain_log_ticks(getattr(ax, f"{which}axis"))
 
 
-def _above_zero(values: np.ndarray) -> np.ndarray:
-    """Mask of ``values / values[0] > ZERO_RTOL`` (finite): what a log axis of the
+def _above_zero(values: np.ndarray, rtol: float) -> np.ndarray:
+    """Mask of ``values / values[0] > rtol`` (finite): what a log axis of the
     descending ``values`` relative to the largest shows."""
     values = np.asarray(values, dtype=np.float64)
     if not values.size or not values[0] > 0:
         return np.zeros(values.shape, dtype=bool)
-    return np.isfinite(values) & (values > ZERO_RTOL * values[0])
+    return np.isfinite(values) & (values > rtol * values[0])
 
 
-def _zeros_note(counts: dict[str, tuple[int, int]]) -> str:
+def _zeros_note(counts: dict[str, tuple[int, int]], rtol: float) -> str:
     """``"name: k of n at numerical zero"`` for every entry with ``k > 0``, or ``"none at
     numerical zero"``, wrapped to the width of a panel's title."""
     hidden = [f"{name}: {k} of {n}" for name, (k, n) in counts.items() if k]
-    rule = f"at numerical zero ($<10^{{{int(np.log10(ZERO_RTOL))}}}$ of the largest, not drawn)"
+    rule = f"at numerical zero (below {rtol:.2g} of the largest, not drawn)"
     return textwrap.fill(f"{', '.join(hidden)} {rule}" if hidden else f"none {rule}", 80, break_long_words=False)
 
 
@@ -156,10 +164,10 @@ def separation_figure(sep: SeparationWithDepth, title: str = "") -> Any:
     return fig
 
 
-def spectra_figure(sep: SeparationWithDepth, title: str = "") -> Any:
+def spectra_figure(sep: SeparationWithDepth, title: str = "", zero_rtol: float = ZERO_RTOL) -> Any:
     """The eigenvalues ``lambda_k / lambda_1`` of every layer's feature and error second
     moments (descending, log axes, one colour per depth), outliers marked by the first
-    ``C`` points; numerical zeros (below ``ZERO_RTOL``, e.g. beyond the rank ``N`` of the
+    ``C`` points; numerical zeros (below ``zero_rtol``, e.g. beyond the rank ``N`` of the
     data) are not drawn, their count per layer is in the panel's title."""
     from matplotlib import colormaps
 
@@ -170,7 +178,7 @@ def spectra_figure(sep: SeparationWithDepth, title: str = "") -> Any:
         counts, drawn = {}, []
         for colour, (name, layer) in zip(colours, sep.layers.items()):
             lam = np.asarray(getattr(layer, which).eigenvalues, dtype=np.float64)
-            keep = _above_zero(lam)
+            keep = _above_zero(lam, zero_rtol)
             counts[name] = (int(lam.size - keep.sum()), lam.size)
             k, rel = np.arange(1, lam.size + 1)[keep], lam[keep] / lam[0] if keep.any() else lam[keep]
             ax.plot(k, rel, color=colour, lw=1, label=name)
@@ -179,7 +187,7 @@ def spectra_figure(sep: SeparationWithDepth, title: str = "") -> Any:
         _value_axis(ax, "x", np.array([1.0, max(max(n for _, n in counts.values()), 1)]))
         _value_axis(ax, "y", np.concatenate(drawn))
         set_labels(ax, "index $k$ (eigenvalues descending)", "$\\lambda_k / \\lambda_1$ (ratio)",
-                   f"{which} second moments (first C = {C} marked)\n{_zeros_note(counts)}")
+                   f"{which} second moments (first C = {C} marked)\n{_zeros_note(counts, zero_rtol)}")
     figure_legend(fig, axes, ncols=min(len(sep.layers), 6))
     fig.suptitle(title or "Spectra of all layers", fontsize=FONT["suptitle"])
     return fig
@@ -207,9 +215,9 @@ def kronecker_figure(kron: KroneckerStructure, title: str = "") -> Any:
     return fig
 
 
-def weights_figure(weights: WeightStructure, num_classes: int, title: str = "") -> Any:
+def weights_figure(weights: WeightStructure, num_classes: int, title: str = "", zero_rtol: float = ZERO_RTOL) -> Any:
     """Singular values ``sigma_k / sigma_1`` of every weight (log axes, one colour per
-    depth), ``k = C`` dotted; numerical zeros (below ``ZERO_RTOL``) are not drawn, their
+    depth), ``k = C`` dotted; numerical zeros (below ``zero_rtol``) are not drawn, their
     count is in the title."""
     from matplotlib import colormaps
 
@@ -218,7 +226,7 @@ def weights_figure(weights: WeightStructure, num_classes: int, title: str = "") 
     counts, drawn = {}, []
     for colour, (name, layer) in zip(colours, weights.layers.items()):
         s = np.asarray(layer.singular_values, dtype=np.float64)
-        keep = _above_zero(s)
+        keep = _above_zero(s, zero_rtol)
         counts[name] = (int(s.size - keep.sum()), s.size)
         rel = s[keep] / s[0] if keep.any() else s[keep]
         ax.plot(np.arange(1, s.size + 1)[keep], rel, color=colour, lw=1, label=name)
@@ -227,7 +235,7 @@ def weights_figure(weights: WeightStructure, num_classes: int, title: str = "") 
     _value_axis(ax, "x", np.array([1.0, max([n for _, n in counts.values()] + [num_classes])]))
     _value_axis(ax, "y", np.concatenate(drawn))
     set_labels(ax, "index $k$ (singular values descending)", "$\\sigma_k / \\sigma_1$ (ratio)",
-               f"singular values of the weights\n{_zeros_note(counts)}")
+               f"singular values of the weights\n{_zeros_note(counts, zero_rtol)}")
     figure_legend(fig, ax, ncols=min(len(weights.layers) + 1, 6))
     fig.suptitle(title or "Singular values of the weights", fontsize=FONT["suptitle"])
     return fig
@@ -385,11 +393,12 @@ def run(args: argparse.Namespace) -> int:
         "separation": sep, "kronecker": kron, "weights": weights, "compare": comparison,
     })
     folder.save_figure("separation.png", separation_figure(sep, f"Separation with depth: {name}"))
-    folder.save_figure("spectra.png", spectra_figure(sep, f"Spectra of all layers: {name}"))
+    zero_rtol = numerical_zero(risk.dtype)
+    folder.save_figure("spectra.png", spectra_figure(sep, f"Spectra of all layers: {name}", zero_rtol))
     if kron is not None:
         folder.save_figure("kronecker.png", kronecker_figure(kron, f"Kronecker structure: {name}"))
     if weights is not None:
-        folder.save_figure("weights.png", weights_figure(weights, risk.num_classes, f"Weights: {name}"))
+        folder.save_figure("weights.png", weights_figure(weights, risk.num_classes, f"Weights: {name}", zero_rtol))
     verdicts = ["| layer | which | feature | size | verdict | component |", "|---|---|---|---|---|---|"]
     for layer, pair in reports.items():
         for which, report in pair.items():

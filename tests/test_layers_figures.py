@@ -12,6 +12,7 @@ from deepnet.layers import layer_separation, layer_statistics
 from deepnet.layers_cli import (
     ZERO_RTOL,
     kronecker_figure,
+    numerical_zero,
     separation_figure,
     spectra_figure,
     weights_figure,
@@ -124,6 +125,26 @@ def test_spectra_figure_leaves_out_numerical_zeros_and_counts_them(structures):
     # the zero input column and the errors of the last layer (they sum to zero) are numerical zeros
     assert zeros["fc1", "features"] == 1 and zeros["fc3", "errors"] == 1
     assert "none at numerical zero" not in fig.axes[0].get_title()
+
+
+def test_the_numerical_zero_follows_the_passes_dtype(structures):
+    """float32 passes leave the zeros beyond the data's rank near 1e-8 of the largest: the
+    command cuts at 10 eps of the passes' dtype (at least ZERO_RTOL), and the figure draws
+    nothing below the cut it is given and names it in the title."""
+    import torch
+
+    assert numerical_zero(torch.float64) == ZERO_RTOL
+    assert numerical_zero(torch.float32) == pytest.approx(10 * 2.0**-23)
+    sep, _, _ = structures
+    cut = 1e-3  # above some of the small MLP's eigenvalues, so the count changes
+    fig = spectra_figure(sep, "test", zero_rtol=cut)
+    for ax, which in zip(fig.axes, ("features", "errors")):
+        assert all(line.get_ydata().min() > cut for line in ax.get_lines() if line.get_label() in sep.layers)
+        assert "below 0.001 of the largest" in ax.get_title().replace("\n", " ")
+        for name, layer in sep.layers.items():
+            lam = getattr(layer, which).eigenvalues
+            hidden = int((lam <= cut * lam[0]).sum())
+            assert (f"{name}: {hidden} of {lam.size}" in ax.get_title()) == (hidden > 0)
 
 
 def test_kronecker_figure_draws_every_cosine(structures):
