@@ -25,6 +25,7 @@ K-FAC's top eigenvalues are also taken exactly from the factor eigenvalues
 from __future__ import annotations
 
 import argparse
+import math
 import textwrap
 import time
 import warnings
@@ -60,17 +61,18 @@ __all__ = ["Agreement", "LayerComparison", "add_arguments", "compare_layer", "kf
 
 APPROXIMATIONS = ("kfac", "corrected")
 LABELS = {"G": "$G^l$", "kfac": "K-FAC", "corrected": "class-aware"}
-STYLES = {"G": {"color": "0.45", "lw": 1.4, "ls": "-", "marker": "v", "row": 0.95},
-          "kfac": {"color": "tab:red", "lw": 1.2, "ls": "--", "marker": "D", "row": 0.87},
-          "corrected": {"color": "tab:blue", "lw": 1.2, "ls": "-", "marker": "s", "row": 0.79}}
-"""Per operator: colour and line of its bulk curve (``G^l`` shaded), marker and row (axes
-units) of its top-``k`` markers along the top of a panel: three rows, so none overprints."""
+STYLES = {"G": {"color": "0.45", "lw": 1.4, "ls": "-", "row": 0.95},
+          "kfac": {"color": "tab:red", "lw": 1.2, "ls": "--", "row": 0.87},
+          "corrected": {"color": "tab:blue", "lw": 1.2, "ls": "-", "row": 0.79}}
+"""Per operator: colour and line of its bulk curve (``G^l`` shaded) and the row (axes
+units) of its top-``k`` ticks along the top of a panel: three rows, so none overprints
+(ticks, not filled markers: ``k = C^2`` of them would merge into a bar)."""
 HEADROOM = 1.8
 """Decades of density axis above the highest peak: the curves stay below the marker rows
 (the peak at ``5 / (5 + HEADROOM)`` = 0.74 of the panel's height)."""
 SHARE_DECADES = 2.0
-"""The layers' panels share the ``|lambda|`` axis unless that adds more than this many
-decades of empty axis to one of them."""
+"""The layers' panels share the ``|lambda|`` axis unless their ranges together span more
+than this many decades beyond the widest panel's range."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,21 @@ def _null_text(layer: LayerComparison) -> str:
     return "null space: " + ", ".join(parts)
 
 
+def _distinct_nodes(record: Spectrum, rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled Gauss nodes and weights of ``record``'s bulk, nodes that agree to ``rtol``
+    (relative) merged into one with their weights summed: one eigenvalue that several runs
+    (or one run's ghost copies) converged to. :func:`theory.figures.log_spectrum_curve`
+    widens each kernel to the distance to the ``num_repeats``-th nearest node; copies of
+    one eigenvalue would keep it at ``sigma`` (a comb of single eigenvalues where the runs
+    exhausted a small bulk, ``num_steps >= P - k``); merged, the kernel reaches the
+    ``num_repeats``-th nearest distinct eigenvalue (at most :data:`theory.figures.MAX_WIDTH`
+    decades). Unconverged nodes differ between runs and are kept as they are."""
+    order = np.argsort(record.density.nodes)
+    nodes, weights = np.asarray(record.density.nodes, dtype=np.float64)[order], np.asarray(record.density.weights)[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(nodes) > rtol * np.maximum(np.abs(nodes[1:]), np.abs(nodes[:-1]))])
+    return nodes[starts], np.add.reduceat(weights, starts)
+
+
 def _layer_panel(ax: Any, name: str, layer: LayerComparison) -> tuple[float | None, float | None, float]:
     """Draw one layer's panel of :func:`kfac_figure`; ``(lowest, highest, peak)``: the
     range of ``|lambda|`` drawn (None when everything is null) and the highest density."""
@@ -190,16 +207,17 @@ def _layer_panel(ax: Any, name: str, layer: LayerComparison) -> tuple[float | No
         zero_tol = spectrum_shares(record).zero_tol
         style, label = STYLES[which], f"{LABELS[which]} bulk"
         before = len(ax.get_lines())
+        nodes, weights = _distinct_nodes(record)
         shown = log_spectrum_curve(
-            ax, record.density.nodes, record.density.weights, sigma=record.log_density.sigma,
-            num_runs=record.log_density.num_repeats, weight=record.bulk_weight, zero_tol=zero_tol,
+            ax, nodes, weights, sigma=record.log_density.sigma, num_runs=record.log_density.num_repeats,
+            weight=record.bulk_weight, zero_tol=zero_tol,
             point_mass=record.point_mass, color=style["color"], label=label, fill=which == "G", lw=style["lw"],
         )
         for line in ax.get_lines()[before:]:
             if line.get_label() == label:
                 line.set_linestyle(style["ls"])
         outlier_markers(ax, record.outliers, color=style["color"], zero_tol=zero_tol, y=style["row"],
-                        marker=style["marker"], annotate="none",
+                        marker="|", annotate="none",
                         label=f"{LABELS[which]}: top {record.outliers.size} ($1/P$ each)")
         values = np.abs(record.outliers[np.abs(record.outliers) > zero_tol])
         lows += [v for v in (shown.lowest, values.min(initial=np.inf)) if v is not None and np.isfinite(v)]
@@ -217,16 +235,17 @@ def _layer_panel(ax: Any, name: str, layer: LayerComparison) -> tuple[float | No
 def kfac_figure(layers: dict[str, LayerComparison], title: str = "") -> Any:
     """One log-spectrum panel per layer (Papyan 2020, Sec. 7, Figs. 11-12): the density per
     decade of ``|lambda|`` of each deflated bulk (``(P-k)/P`` times its quadrature measure;
-    :func:`theory.figures.log_spectrum_curve` with the density's own kernel ``sigma``,
-    widened where the pooled nodes of the ``num_repeats`` runs are sparser than it, so no
-    comb of single nodes), ``G^l`` shaded grey, K-FAC and the class-aware form as curves
-    over it; the top ``k`` eigenvalues of each as markers at their values along the top, one
+    :func:`theory.figures.log_spectrum_curve`: the density's own kernel ``sigma``, widened
+    to the ``num_repeats``-th nearest distinct node where the nodes are sparser, see
+    :func:`_distinct_nodes`), ``G^l`` shaded grey, K-FAC and the class-aware form as curves
+    over it; the top ``k`` eigenvalues of each as ticks at their values along the top, one
     row per operator; the null space ``|lambda| <= zero_tol`` (``spectrum_shares``) of each
     as a share in the panel's title, not drawn; one legend below the panels. The density
-    axis is shared; the ``|lambda|`` axis too (the layers read on one scale) unless sharing
-    it would add more than :data:`SHARE_DECADES` decades of empty axis to a panel."""
+    axis is shared; the ``|lambda|`` axis too (the layers read on one scale) unless the
+    layers' ranges together span more than :data:`SHARE_DECADES` decades beyond the widest
+    one's (then each panel gets its own range)."""
     n = len(layers)
-    cols = min(n, 3)
+    cols = n if n <= 3 else min(3, math.ceil(math.sqrt(n)))
     rows = -(-n // cols)
     fig, axes = new_figure(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, layout="constrained",
                            sharey=True)
@@ -246,8 +265,10 @@ def kfac_figure(layers: dict[str, LayerComparison], title: str = "") -> Any:
             axes[0, 0].set_xlim(min(lo for lo, _ in spans) / 3.0, max(hi for _, hi in spans) * 3.0)
     axes[0, 0].set_ylim(*log_limits(max(peak for *_, peak in drawn), decades=5.0, headroom=HEADROOM))
     figure_legend(fig, axes, ncols=3)
-    fig.suptitle((title or "$G^l$, K-FAC and the class-aware correction") + f"\nlayers {', '.join(layers)}; bulk after "
-                 "deflating the top k of each; null space: $|\\lambda| \\leq$ max(eps, $10^{-5}$ max $|\\lambda|$)",
+    names = ", ".join(layers)
+    note = (f"{n} layer{'s' if n > 1 else ''} ({names}); bulk after deflating the top k of each; "
+            "null space: $|\\lambda|\\leq$ max(eps, $10^{-5}$ max $|\\lambda|$)")
+    fig.suptitle((title or "$G^l$, K-FAC and the class-aware correction") + "\n" + textwrap.fill(note, 50 * cols),
                  fontsize=FONT["suptitle"])
     return fig
 
@@ -364,6 +385,6 @@ def run(args: argparse.Namespace) -> int:
                    for name, c in layers.items()},
     })
     folder.write_text("report.md", kfac_report(factors, layers, f"Checkpoint `{checkpoint}` ({title}). ", seconds))
-    folder.save_figure("spectra.png", kfac_figure(layers, f"G^l, K-FAC and the class-aware correction: {title}"))
+    folder.save_figure("spectra.png", kfac_figure(layers, f"$G^l$, K-FAC and the class-aware correction: {title}"))
     print(f"kfac: wrote {folder.path}")
     return 0
