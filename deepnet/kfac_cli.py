@@ -173,14 +173,19 @@ def compare_layer(
     return LayerComparison(layer.name, G.size, k, spectra, agreement, layer.kfac_eigenpairs(k)[0], seconds)
 
 
+UNRESOLVED = "\u2020"
+"""Marks a null-space share that also holds what the Lanczos nodes do not resolve from zero
+(``spectrum_shares(...).unresolved_below``: its ``zero_tol`` is twice their floor)."""
+
+
 def _null_text(layer: LayerComparison) -> str:
     """``null space: G^l 12.0%, K-FAC 30.0%, class-aware 14.0%``: each operator's share of
-    eigenvalues at ``|lambda| <= zero_tol`` (:func:`theory.figures.spectrum_shares`), marked
-    "or unresolved" where the Lanczos nodes do not resolve the axis towards zero."""
+    eigenvalues at ``|lambda| <= zero_tol`` (:func:`theory.figures.spectrum_shares`), with
+    :data:`UNRESOLVED` where the Lanczos nodes do not resolve the axis towards zero."""
     parts = []
     for which, record in layer.spectra.items():
         shares = spectrum_shares(record)
-        parts.append(f"{LABELS[which]} {shares.null_share:.1%}" + ("" if shares.unresolved_below is None else " (or unresolved)"))
+        parts.append(f"{LABELS[which]} {shares.null_share:.1%}" + ("" if shares.unresolved_below is None else UNRESOLVED))
     return "null space: " + ", ".join(parts)
 
 
@@ -265,11 +270,12 @@ def kfac_figure(layers: dict[str, LayerComparison], title: str = "") -> Any:
             axes[0, 0].set_xlim(min(lo for lo, _ in spans) / 3.0, max(hi for _, hi in spans) * 3.0)
     axes[0, 0].set_ylim(*log_limits(max(peak for *_, peak in drawn), decades=5.0, headroom=HEADROOM))
     figure_legend(fig, axes, ncols=3)
-    names = ", ".join(layers)
-    note = (f"{n} layer{'s' if n > 1 else ''} ({names}); bulk after deflating the top k of each; "
-            "null space: $|\\lambda|\\leq$ max(eps, $10^{-5}$ max $|\\lambda|$)")
-    fig.suptitle((title or "$G^l$, K-FAC and the class-aware correction") + "\n" + textwrap.fill(note, 50 * cols),
-                 fontsize=FONT["suptitle"])
+    lines = [title or "$G^l$, K-FAC and the class-aware correction",
+             f"{n} layer{'s' if n > 1 else ''} ({', '.join(layers)}); bulk after deflating the top k of each",
+             "null space: $|\\lambda|\\leq$ max(eps, $10^{-5}$ max $|\\lambda|$)"]
+    if any(spectrum_shares(r).unresolved_below is not None for layer in layers.values() for r in layer.spectra.values()):
+        lines[-1] += f"; {UNRESOLVED}: null space or not resolved from zero by the Lanczos nodes"
+    fig.suptitle("\n".join(textwrap.fill(line, 50 * cols) for line in lines), fontsize=FONT["suptitle"])
     return fig
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deepnet.kfac import kfac_factors
-from deepnet.kfac_cli import LABELS, compare_layer, kfac_figure
+from deepnet.kfac_cli import LABELS, UNRESOLVED, compare_layer, kfac_figure
 from deepnet.operators import EmpiricalRisk, GaussNewtonOperator
 from theory.density import DensitySettings
 from theory.figures import spectrum_shares
@@ -91,7 +91,8 @@ def test_null_space_shares_in_the_titles(comparison):
             shares = spectrum_shares(record)
             text = f"{LABELS[which]} {shares.null_share:.1%}"
             assert text in title, (which, title)
-            assert (f"{text} (or unresolved)" in title) == (shares.unresolved_below is not None), (which, title)
+            assert (f"{text}{UNRESOLVED}" in title) == (shares.unresolved_below is not None), (which, title)
+    assert f"{UNRESOLVED}: null space or not resolved" in fig.get_suptitle().replace("\n", " ")  # fc1 is unresolved
     # fc3 (6 inputs + bias, 3 classes): K-FAC = (7 x 7) (x) Delta with Delta of rank C - 1 = 2,
     # so at least a third of its spectrum is null, and the title says so
     kfac = spectrum_shares(comparison["fc3"].spectra["kfac"]).null_share
