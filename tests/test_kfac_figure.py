@@ -116,9 +116,10 @@ def test_one_legend_below_the_panels_over_no_data(comparison):
 
 @pytest.mark.parametrize("eps", ["0", "-1e-6", "nan"])
 def test_eps_is_checked_before_any_pass(tmp_path, capsys, eps):
+    """``--eps=-1e-6``: with a space argparse would take the value for an option and refuse it itself."""
     from deepnet.__main__ import main
 
     with pytest.raises(SystemExit) as stop:
-        main(["kfac", "--checkpoint", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "never"), "--eps", eps])
-    assert stop.value.code == 2 and "--eps: expected" in capsys.readouterr().err
+        main(["kfac", "--checkpoint", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "never"), f"--eps={eps}"])
+    assert stop.value.code == 2 and "--eps: expected a finite number > 0" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
