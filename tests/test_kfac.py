@@ -325,13 +325,15 @@ def test_command_line_writes_run_folder(tmp_path, capsys):
     out = tmp_path / "kfac"
     assert main(["kfac", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--device", "cpu", "--float64",
                  "--layers", "layers.4", "layers.7", "--outliers", "4", "--num-steps", "16", "--num-repeats", "1",
-                 "--probes", "4", "--batch-size", "7"]) == 0
+                 "--probes", "4", "--batch-size", "7", "--eps", "1e-9"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json", "spectra.png"]
     results = json.loads((out / "results.json").read_text())
     assert list(results["layers"]) == ["layers.4", "layers.7"]
     layer = results["layers"]["layers.7"]
     assert layer["size"] == 130 and layer["k"] == 4 and len(layer["spectra"]["G"]["outliers"]) == 4
     assert set(layer["agreement"]) == {"kfac", "corrected"} and layer["agreement"]["kfac"]["frobenius"] > 0
+    assert results["settings"]["density"]["eps"] == 1e-9  # --eps reaches every log density
+    assert {s["log_density"]["eps"] for s in layer["spectra"].values()} == {1e-9}
     assert "| layers.4 | 156 | 4 |" in (out / "report.md").read_text()
     with pytest.raises(SystemExit) as stop:
         main(["kfac", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "never"), "--probes", "0"])
