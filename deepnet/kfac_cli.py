@@ -189,21 +189,6 @@ def _null_text(layer: LayerComparison) -> str:
     return "null space: " + ", ".join(parts)
 
 
-def _distinct_nodes(record: Spectrum, rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """The pooled Gauss nodes and weights of ``record``'s bulk, nodes that agree to ``rtol``
-    (relative) merged into one with their weights summed: one eigenvalue that several runs
-    (or one run's ghost copies) converged to. :func:`theory.figures.log_spectrum_curve`
-    widens each kernel to the distance to the ``num_repeats``-th nearest node; copies of
-    one eigenvalue would keep it at ``sigma`` (a comb of single eigenvalues where the runs
-    exhausted a small bulk, ``num_steps >= P - k``); merged, the kernel reaches the
-    ``num_repeats``-th nearest distinct eigenvalue (at most :data:`theory.figures.MAX_WIDTH`
-    decades). Unconverged nodes differ between runs and are kept as they are."""
-    order = np.argsort(record.density.nodes)
-    nodes, weights = np.asarray(record.density.nodes, dtype=np.float64)[order], np.asarray(record.density.weights)[order]
-    starts = np.flatnonzero(np.r_[True, np.diff(nodes) > rtol * np.maximum(np.abs(nodes[1:]), np.abs(nodes[:-1]))])
-    return nodes[starts], np.add.reduceat(weights, starts)
-
-
 def _layer_panel(ax: Any, name: str, layer: LayerComparison) -> tuple[float | None, float | None, float]:
     """Draw one layer's panel of :func:`kfac_figure`; ``(lowest, highest, peak)``: the
     range of ``|lambda|`` drawn (None when everything is null) and the highest density."""
@@ -212,9 +197,8 @@ def _layer_panel(ax: Any, name: str, layer: LayerComparison) -> tuple[float | No
         zero_tol = spectrum_shares(record).zero_tol
         style, label = STYLES[which], f"{LABELS[which]} bulk"
         before = len(ax.get_lines())
-        nodes, weights = _distinct_nodes(record)
         shown = log_spectrum_curve(
-            ax, nodes, weights, sigma=record.log_density.sigma, num_runs=record.log_density.num_repeats,
+            ax, record.density.nodes, record.density.weights, sigma=record.log_density.sigma, num_runs=record.log_density.num_repeats,
             weight=record.bulk_weight, zero_tol=zero_tol,
             point_mass=record.point_mass, color=style["color"], label=label, fill=which == "G", lw=style["lw"],
         )
@@ -242,7 +226,7 @@ def kfac_figure(layers: dict[str, LayerComparison], title: str = "") -> Any:
     decade of ``|lambda|`` of each deflated bulk (``(P-k)/P`` times its quadrature measure;
     :func:`theory.figures.log_spectrum_curve`: the density's own kernel ``sigma``, widened
     to the ``num_repeats``-th nearest distinct node where the nodes are sparser, see
-    :func:`_distinct_nodes`), ``G^l`` shaded grey, K-FAC and the class-aware form as curves
+    :func:`theory.figures.merge_coincident`), ``G^l`` shaded grey, K-FAC and the class-aware form as curves
     over it; the top ``k`` eigenvalues of each as ticks at their values along the top, one
     row per operator; the null space ``|lambda| <= zero_tol`` (``spectrum_shares``) of each
     as a share in the panel's title, not drawn; one legend below the panels. The density

@@ -357,6 +357,26 @@ def test_log_spectrum_curve_has_no_comb_where_the_nodes_are_sparse():
     np.testing.assert_allclose(np.trapezoid(y, np.log10(x)), 1.0, atol=1e-3)
 
 
+def test_log_spectrum_curve_merges_copies_of_one_eigenvalue():
+    """Every eigenvalue found five times (three runs and their ghost copies): the copies are
+    one node of five times the weight, so the kernels still reach the neighbouring
+    eigenvalues and the flat measure is drawn flat, not as a comb."""
+    from theory.figures import merge_coincident
+
+    merged, w = merge_coincident(np.array([2.0, 1.0, 1.0 + 1e-9, 1.0, 3.0]), np.array([0.1, 0.2, 0.3, 0.1, 0.3]))
+    np.testing.assert_allclose(merged, [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(w, [0.6, 0.1, 0.3])
+    values = 10.0 ** np.arange(-2.0, 0.01, 0.2)
+    nodes = np.repeat(values, 5) * (1.0 + 1e-9 * np.tile(np.arange(5), values.size))
+    _, ax = new_figure()
+    log_spectrum_curve(ax, nodes, np.full(nodes.size, 1.0 / nodes.size), sigma=0.01, num_runs=3, zero_tol=1e-9)
+    (line,) = ax.get_lines()
+    x, y = line.get_xdata(), line.get_ydata()
+    inside = (x > 0.03) & (x < 0.3)
+    assert y[inside].max() / y[inside].min() < 1.5
+    np.testing.assert_allclose(np.trapezoid(y, np.log10(x)), 1.0, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------- the study's figures
 @pytest.fixture(scope="module")
 def tiny_study():

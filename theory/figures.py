@@ -259,6 +259,19 @@ def _run_spacing(y: np.ndarray, num_runs: int) -> np.ndarray:
     return out
 
 
+def merge_coincident(nodes: np.ndarray, weights: np.ndarray, rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``nodes`` with those that agree to ``rtol`` (relative) merged into one, their
+    ``weights`` summed: one eigenvalue that several Lanczos runs (or one run's ghost
+    copies) converged to, which would otherwise count as that many neighbours in
+    :func:`_log_density`'s kernel widths (a comb where the runs exhaust a small bulk)."""
+    order = np.argsort(nodes)
+    nodes, weights = np.asarray(nodes, dtype=np.float64)[order], np.asarray(weights, dtype=np.float64)[order]
+    if nodes.size < 2:
+        return nodes, weights
+    starts = np.flatnonzero(np.r_[True, np.diff(nodes) > rtol * np.maximum(np.abs(nodes[1:]), np.abs(nodes[:-1]))])
+    return nodes[starts], np.add.reduceat(weights, starts)
+
+
 def _log_density(values: np.ndarray, weights: np.ndarray, sigma: float, num_runs: int, num_points: int) -> tuple[np.ndarray, np.ndarray]:
     """``(y, sum_k w_k N(y; log10 |theta_k|, h_k^2))`` on a grid ``y = log10 |lambda|`` covering
     every kernel to four widths, with ``h_k = max(sigma, min(d_k, MAX_WIDTH))``, ``d_k`` the
@@ -303,7 +316,8 @@ def log_spectrum_curve(
     ``|theta| <= zero_tol`` (the null space, unresolved from zero) are not drawn, their
     share is returned. ``sigma``: kernel width in decades (the density's own);
     ``num_runs``: Lanczos runs pooled in ``nodes``; ``point_mass``: the value of a
-    zero-width spectrum (drawn as a vertical line unless it is zero)."""
+    zero-width spectrum (drawn as a vertical line unless it is zero). Nodes that agree to
+    1e-6 are one eigenvalue (:func:`merge_coincident`)."""
     nodes = np.asarray(nodes, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64) * weight
     ax.set_xscale("log")
@@ -325,7 +339,7 @@ def log_spectrum_curve(
             keep = sign * nodes > zero_tol
             if not keep.any():
                 continue
-            v, w = np.abs(nodes[keep]), weights[keep]
+            v, w = merge_coincident(np.abs(nodes[keep]), weights[keep])
             grid, dens = _log_density(v, w, sigma, num_runs, num_points)
             x = 10.0**grid
             name = None if label is None else (label if sign > 0 else f"{label}, $\\lambda < 0$ (at $|\\lambda|$)")
