@@ -40,26 +40,40 @@ def verdict_words(verdicts: dict[str, dict[str, Any]]) -> str:
 
 
 def plot_attribution(study: Study):
-    """Columns: the attributions (by ``C``, then SNR); rows: the Fisher ``G`` of trained
-    MLR, then its knockouts ``G - class``, ``G - cross``, ``G - within``, one log-spectrum
-    each on the column's shared axes (Papyan 2020, Fig. 5 style; panels by
-    :func:`theory.attribution.knockout_panel`: ``G`` shaded grey, the knockout in its
-    component's colour, ``G``'s features as markers at their eigenvalues, the null space
-    a share in the title). The top title gives the verdicts of the trained Fisher and of
-    its positive control (Theorem 8.1's probabilities) in words."""
+    """One block of rows per ``C``: the Fisher ``G`` of trained MLR, then its knockouts
+    ``G - class``, ``G - cross``, ``G - within``; one column per attribution SNR, each
+    column of a block on shared axes with one log-spectrum per panel (Papyan 2020, Fig. 5
+    style; panels by :func:`theory.attribution.knockout_panel`: ``G`` shaded grey, the
+    knockout in its component's colour, ``G``'s features as markers at their eigenvalues,
+    the null space a share in the title). The top title of a column gives the verdicts of
+    the trained Fisher and of its positive control (Theorem 8.1's probabilities) in words."""
     attributions = sorted(study.attribution, key=lambda a: (a.num_classes, a.snr))
     names = [n for n in ATTRIBUTION_KNOCKOUTS if any(s.name == n for s in attributions[0].trained.report.spectra)]
-    fig, axes = new_figure(len(names), len(attributions), figsize=(4.2 * len(attributions), 2.9 * len(names) + 1.2),
-                           sharex="col", sharey="col", squeeze=False, layout="constrained")
-    for col, a in enumerate(attributions):
-        rep = a.trained.report
-        spectra = {s.name: s for s in rep.spectra}
-        drawn = [knockout_panel(axes[row, col], rep, spectra[n], symbol="G") for row, n in enumerate(names)]
-        knockout_limits(axes[0, col], drawn)
-        top = axes[0, col]
-        verdicts = textwrap.fill(f"C = {a.num_classes}, SNR {a.snr:g}, trained: {verdict_words(a.trained.verdicts)}; "
-                                 f"positive control: {verdict_words(a.control.verdicts)}", 52)
-        top.set_title(f"{verdicts}\n{top.get_title()}", fontsize=FONT["title"])
+    blocks: dict[int, list] = {}
+    for a in attributions:
+        blocks.setdefault(a.num_classes, []).append(a)
+    cols = max(len(group) for group in blocks.values())
+    fig, axes = new_figure(len(names) * len(blocks), cols, figsize=(4.2 * cols, (2.9 * len(names) + 1.0) * len(blocks) + 0.4),
+                           squeeze=False, layout="constrained")
+    for block, group in enumerate(blocks.values()):
+        rows = axes[block * len(names):(block + 1) * len(names)]
+        for col in range(cols):
+            column = rows[:, col]
+            if col >= len(group):
+                for ax in column:
+                    ax.set_visible(False)
+                continue
+            a = group[col]
+            for ax in column[1:]:
+                ax.sharex(column[0])
+                ax.sharey(column[0])
+            rep = a.trained.report
+            spectra = {s.name: s for s in rep.spectra}
+            drawn = [knockout_panel(ax, rep, spectra[n], symbol="G") for ax, n in zip(column, names)]
+            knockout_limits(column[0], drawn)
+            verdicts = textwrap.fill(f"C = {a.num_classes}, SNR {a.snr:g}, trained: {verdict_words(a.trained.verdicts)}; "
+                                     f"positive control: {verdict_words(a.control.verdicts)}", 52)
+            column[0].set_title(f"{verdicts}\n{column[0].get_title()}", fontsize=FONT["title"])
     figure_legend(fig, axes, ncols=3)
     fig.suptitle("Fisher G of trained MLR and its knockouts: what each subtraction removes", fontsize=FONT["suptitle"])
     return fig
