@@ -21,6 +21,8 @@ from deepnet.operators import EmpiricalRisk
 from deepnet.passes import gradient_sums
 from deepnet.weights import weight_structure
 
+from figure_checks import check_panels
+
 MEASURES = ("outlier_to_bulk", "class_eigenvalue_ratio", "trace_ratio", "within_over_between", "mean_abs_cosine")
 
 
@@ -38,38 +40,6 @@ def structures(make_mlp, one_thread):
     kron = kronecker_structure(stats, gradient_sums(risk, squared_norms="none"), model)
     weights = weight_structure(risk, stats, 0.05)
     return sep, kron, weights
-
-
-def _data_points(ax):
-    """Display coordinates of every plotted vertex of ``ax`` (lines and scatter offsets)."""
-    points = [line.get_transform().transform(np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float))
-              for line in ax.get_lines() if len(line.get_xdata())]
-    points += [c.get_offset_transform().transform(c.get_offsets()) for c in ax.collections if len(c.get_offsets())]
-    return np.concatenate(points) if points else np.zeros((0, 2))
-
-
-def check_panels(fig):
-    """Every visible panel has both axes labelled and only finite data; the figure has a
-    legend and none (of the axes or the figure) covers a plotted vertex inside a frame."""
-    panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert panels
-    for ax in panels:
-        assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), ax.get_title()
-        for line in ax.get_lines():
-            assert np.isfinite(np.asarray(line.get_xdata(), dtype=float)).all(), ax.get_title()
-            assert np.isfinite(np.asarray(line.get_ydata(), dtype=float)).all(), ax.get_title()
-        for c in ax.collections:
-            assert np.isfinite(np.asarray(c.get_offsets(), dtype=float)).all(), ax.get_title()
-    legends = list(fig.legends) + [ax.get_legend() for ax in panels if ax.get_legend() is not None]
-    assert legends
-    fig.canvas.draw()
-    for legend in legends:
-        box = legend.get_window_extent()
-        for ax in panels:
-            xy, frame = _data_points(ax), ax.bbox
-            shown = (xy[:, 0] >= frame.x0) & (xy[:, 0] <= frame.x1) & (xy[:, 1] >= frame.y0) & (xy[:, 1] <= frame.y1)
-            inside = shown & (xy[:, 0] > box.x0) & (xy[:, 0] < box.x1) & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)
-            assert not inside.any(), f"the legend covers {int(inside.sum())} plotted points of {ax.get_title()!r}"
 
 
 def _labelled(ax, text):
