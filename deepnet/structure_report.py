@@ -31,11 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from theory.attribution import AttributionReport, KnockoutPanel, attribute_decomposition, knockout_limits, knockout_panel
+from theory.attribution import (
+    AttributionReport,
+    KnockoutPanel,
+    attribute_decomposition,
+    knockout_limits,
+    knockout_panel,
+    reference_curve,
+)
 from theory.checks import check_int
 from theory.density import DensitySettings, Quadrature, bulk_quadrature
 from theory.eigenpairs import Eigenpairs, top_eigenpairs
-from theory.figures import COLORS, FONT, figure_legend, log_spectrum_curve, new_figure, outlier_markers, set_labels
+from theory.figures import FONT, figure_legend, log_spectrum_curve, new_figure, outlier_markers, set_labels
 from theory.operators import CountedOperator, SymmetricOperator
 from theory.structure import CrossClassDecomposition, LowRankPart
 
@@ -325,13 +332,13 @@ def _deflated_panel(ax: Any, result: GradientAttribution) -> KnockoutPanel:
     removed eigenvalues as ticks along the top."""
     report = result.report
     base = report.spectra[0]
-    zero_tol = float(report.settings.get("zero_tol") or 0.0)
-    sigma, q, k = base.log_density.sigma, result.deflated, base.eigenvalues.size
+    zero_tol = report.zero_tol
+    q, k = result.deflated, base.eigenvalues.size
     curves = (
-        log_spectrum_curve(ax, base.density.nodes, base.density.weights, sigma=sigma, num_runs=base.log_density.num_repeats,
-                           zero_tol=zero_tol, color=COLORS["A"], label="G (every panel)", fill=True),
-        log_spectrum_curve(ax, q.nodes, q.weights, sigma=sigma, num_runs=q.settings.num_repeats, weight=(result.size - k) / result.size,
-                           zero_tol=zero_tol, point_mass=q.point_mass, color="black", label="G's bulk, top eigenvectors projected out"),
+        reference_curve(ax, report, "G"),
+        log_spectrum_curve(ax, q.nodes, q.weights, sigma=base.log_density.sigma, num_runs=q.settings.num_repeats,
+                           weight=(result.size - k) / result.size, zero_tol=zero_tol, point_mass=q.point_mass, color="black",
+                           label="G's bulk, top eigenvectors projected out"),
     )
     top = base.eigenvalues[np.abs(base.eigenvalues) > zero_tol]
     outlier_markers(ax, top, color="black", marker="|", y=0.85, annotate="none", label="top eigenvalues of G (projected out)")

@@ -99,6 +99,7 @@ __all__ = [
     "knockout_caption",
     "knockout_panel",
     "knockout_limits",
+    "reference_curve",
 ]
 
 
@@ -417,6 +418,11 @@ class AttributionReport:
     common_mode: CommonMode | None
     settings: dict[str, Any]
 
+    @property
+    def zero_tol(self) -> float:
+        """The null-space tolerance of the attribution's spectra (0 when none was set)."""
+        return float(self.settings.get("zero_tol") or 0.0)
+
     def verdict(self, feature: str) -> FeatureVerdict:
         for f in self.features:
             if f.feature == feature:
@@ -512,6 +518,16 @@ def knockout_caption(report: AttributionReport, s: KnockoutSpectrum, symbol: str
     return head + (f", {' and '.join(stay)} {'remain' if plural else 'remains'}" if stay else "")
 
 
+def reference_curve(ax: Any, report: AttributionReport, symbol: str = "A") -> LogSpectrum:
+    """The log-spectrum of ``A`` shaded grey, the reference under every knockout panel
+    (:func:`theory.figures.log_spectrum_curve`, null space ``|lambda| <= zero_tol`` not
+    drawn; ``symbol`` names ``A`` in the legend)."""
+    base = report.spectra[0]
+    return log_spectrum_curve(ax, base.density.nodes, base.density.weights, sigma=base.log_density.sigma,
+                              num_runs=base.log_density.num_repeats, zero_tol=report.zero_tol, color=COLORS["A"],
+                              label=f"{symbol} (every panel)", fill=True)
+
+
 def knockout_panel(ax: Any, report: AttributionReport, s: KnockoutSpectrum, symbol: str = "A") -> KnockoutPanel:
     """One panel of a knockout figure (Papyan 2020, Fig. 5 style) on log axes: the
     density per decade of ``|lambda|`` of ``A`` shaded grey and, unless ``s`` is ``A``,
@@ -523,12 +539,10 @@ def knockout_panel(ax: Any, report: AttributionReport, s: KnockoutSpectrum, symb
     the separation threshold dashed (``A``'s black; a full-rank knockout's own in its
     colour where it lies within the knockout's drawn spectrum, not at its null space). The
     title is :func:`knockout_caption` (wrapped at 52 characters) and the null-space share."""
-    zero_tol = float(report.settings.get("zero_tol") or 0.0)
+    zero_tol = report.zero_tol
     base = report.spectra[0]
     color = matrix_color(s.name)
-    curves = [log_spectrum_curve(ax, base.density.nodes, base.density.weights, sigma=base.log_density.sigma,
-                                 num_runs=base.log_density.num_repeats, zero_tol=zero_tol, color=COLORS["A"],
-                                 label=f"{symbol} (every panel)", fill=True)]
+    curves = [reference_curve(ax, report, symbol)]
     if s is not base:
         curves.append(log_spectrum_curve(ax, s.density.nodes, s.density.weights, sigma=s.log_density.sigma,
                                          num_runs=s.log_density.num_repeats, zero_tol=zero_tol, color=color,
