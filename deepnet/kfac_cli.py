@@ -41,6 +41,7 @@ from theory.density import DensitySettings
 from theory.eigenpairs import ConvergenceWarning
 from theory.figures import (
     FONT,
+    SpectrumShares,
     figure_legend,
     log_limits,
     log_spectrum_curve,
@@ -178,33 +179,29 @@ UNRESOLVED = "\u2020"
 (``spectrum_shares(...).unresolved_below``: its ``zero_tol`` is twice their floor)."""
 
 
-def _null_text(layer: LayerComparison) -> str:
+def _null_text(shares: dict[str, SpectrumShares]) -> str:
     """``null space: G^l 12.0%, K-FAC 30.0%, class-aware 14.0%``: each operator's share of
     eigenvalues at ``|lambda| <= zero_tol`` (:func:`theory.figures.spectrum_shares`), with
     :data:`UNRESOLVED` where the Lanczos nodes do not resolve the axis towards zero."""
-    parts = []
-    for which, record in layer.spectra.items():
-        shares = spectrum_shares(record)
-        parts.append(f"{LABELS[which]} {shares.null_share:.1%}" + ("" if shares.unresolved_below is None else UNRESOLVED))
+    parts = [f"{LABELS[which]} {sh.null_share:.1%}" + ("" if sh.unresolved_below is None else UNRESOLVED)
+             for which, sh in shares.items()]
     return "null space: " + ", ".join(parts)
 
 
-def _layer_panel(ax: Any, name: str, layer: LayerComparison) -> tuple[float | None, float | None, float]:
-    """Draw one layer's panel of :func:`kfac_figure`; ``(lowest, highest, peak)``: the
-    range of ``|lambda|`` drawn (None when everything is null) and the highest density."""
+def _layer_panel(ax: Any, name: str, layer: LayerComparison,
+                 shares: dict[str, SpectrumShares]) -> tuple[float | None, float | None, float]:
+    """Draw one layer's panel of :func:`kfac_figure` (``shares``: each operator's
+    :func:`theory.figures.spectrum_shares`); ``(lowest, highest, peak)``: the range of
+    ``|lambda|`` drawn (None when everything is null) and the highest density."""
     lows, highs, peak = [], [], 0.0
     for which, record in layer.spectra.items():
-        zero_tol = spectrum_shares(record).zero_tol
-        style, label = STYLES[which], f"{LABELS[which]} bulk"
-        before = len(ax.get_lines())
+        zero_tol = shares[which].zero_tol
+        style = STYLES[which]
         shown = log_spectrum_curve(
             ax, record.density.nodes, record.density.weights, sigma=record.log_density.sigma, num_runs=record.log_density.num_repeats,
-            weight=record.bulk_weight, zero_tol=zero_tol,
-            point_mass=record.point_mass, color=style["color"], label=label, fill=which == "G", lw=style["lw"],
+            weight=record.bulk_weight, zero_tol=zero_tol, point_mass=record.point_mass, color=style["color"],
+            label=f"{LABELS[which]} bulk", fill=which == "G", lw=style["lw"], ls=style["ls"],
         )
-        for line in ax.get_lines()[before:]:
-            if line.get_label() == label:
-                line.set_linestyle(style["ls"])
         outlier_markers(ax, record.outliers, color=style["color"], zero_tol=zero_tol, y=style["row"],
                         marker="|", annotate="none",
                         label=f"{LABELS[which]}: top {record.outliers.size} ($1/P$ each)")
@@ -216,7 +213,7 @@ def _layer_panel(ax: Any, name: str, layer: LayerComparison) -> tuple[float | No
         ax.text(0.5, 0.5, "every spectrum lies in its null space", transform=ax.transAxes, ha="center", va="center",
                 fontsize=FONT["note"])
     set_labels(ax, "$|\\lambda|$ (eigenvalue magnitude)", "density per decade of $|\\lambda|$",
-               f"{name} (P = {layer.size:,}, k = {layer.k})\n" + textwrap.fill(_null_text(layer), 60))
+               f"{name} (P = {layer.size:,}, k = {layer.k})\n" + textwrap.fill(_null_text(shares), 60))
     ax.tick_params(labelbottom=True, labelleft=True)
     return (min(lows), max(highs), peak) if lows else (None, None, peak)
 
@@ -238,7 +235,8 @@ def kfac_figure(layers: dict[str, LayerComparison], title: str = "") -> Any:
     rows = -(-n // cols)
     fig, axes = new_figure(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, layout="constrained",
                            sharey=True)
-    drawn = [_layer_panel(ax, name, layer) for ax, (name, layer) in zip(axes.flat, layers.items())]
+    shares = {name: {which: spectrum_shares(r) for which, r in layer.spectra.items()} for name, layer in layers.items()}
+    drawn = [_layer_panel(ax, name, layer, shares[name]) for ax, (name, layer) in zip(axes.flat, layers.items())]
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     spans = [(lo, hi) for lo, hi, _ in drawn if lo is not None]
@@ -257,7 +255,7 @@ def kfac_figure(layers: dict[str, LayerComparison], title: str = "") -> Any:
     lines = [title or "$G^l$, K-FAC and the class-aware correction",
              f"{n} layer{'s' if n > 1 else ''} ({', '.join(layers)}); bulk after deflating the top k of each",
              "null space: $|\\lambda|\\leq$ max(eps, $10^{-5}$ max $|\\lambda|$)"]
-    if any(spectrum_shares(r).unresolved_below is not None for layer in layers.values() for r in layer.spectra.values()):
+    if any(sh.unresolved_below is not None for layer in shares.values() for sh in layer.values()):
         lines[-1] += f"; {UNRESOLVED}: null space or not resolved from zero by the Lanczos nodes"
     fig.suptitle("\n".join(textwrap.fill(line, 50 * cols) for line in lines), fontsize=FONT["suptitle"])
     return fig

@@ -63,6 +63,8 @@ def test_one_labelled_log_panel_per_layer_with_finite_data(comparison):
             assert all(np.isfinite(path.vertices).all() for path in c.get_paths())
         assert np.isfinite(ax.get_xlim()).all() and 0 < ax.get_xlim()[0] < ax.get_xlim()[1]
         assert len(ax.collections) == 1  # G^l's shaded bulk; K-FAC and class-aware are curves
+        styles = {str(line.get_label()): line.get_linestyle() for line in ax.get_lines()}
+        assert styles.get("K-FAC bulk", "--") == "--" and styles.get("class-aware bulk", "-") == "-"  # where drawn
     assert "mlp on test data" in fig.get_suptitle() and ", ".join(comparison) in fig.get_suptitle().replace("\n", " ")
 
 

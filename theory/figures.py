@@ -308,12 +308,13 @@ def log_spectrum_curve(
     label: str | None = None,
     fill: bool = False,
     lw: float = 1.4,
+    ls: str = "-",
     num_points: int = 512,
 ) -> LogSpectrum:
     """Draw ``weight`` times the quadrature measure ``sum_k w_k delta(theta_k)`` as a
-    density per decade of ``|lambda|`` on log axes: nodes ``theta > zero_tol`` solid
-    (filled with ``fill``), ``theta < -zero_tol`` dashed at ``|theta|``; the nodes at
-    ``|theta| <= zero_tol`` (the null space, unresolved from zero) are not drawn, their
+    density per decade of ``|lambda|`` on log axes: nodes ``theta > zero_tol`` in line
+    style ``ls`` (solid; filled with ``fill``), ``theta < -zero_tol`` dashed at
+    ``|theta|``; the nodes at ``|theta| <= zero_tol`` (the null space, unresolved from zero) are not drawn, their
     share is returned. ``sigma``: kernel width in decades (the density's own);
     ``num_runs``: Lanczos runs pooled in ``nodes``; ``point_mass``: the value of a
     zero-width spectrum (drawn as a vertical line unless it is zero). Nodes that agree to
@@ -335,7 +336,7 @@ def log_spectrum_curve(
             negative_share = share if point_mass < 0 else 0.0
             lo = hi = abs(point_mass)
     else:
-        for sign, ls in ((1.0, "-"), (-1.0, "--")):
+        for sign, style in ((1.0, ls), (-1.0, "--")):
             keep = sign * nodes > zero_tol
             if not keep.any():
                 continue
@@ -346,7 +347,7 @@ def log_spectrum_curve(
             if fill and sign > 0:
                 ax.fill_between(x, dens, 1e-300, color=color, alpha=0.35, lw=0, label=name)
             else:
-                ax.plot(x, dens, color=color, lw=lw, ls=ls, label=name)
+                ax.plot(x, dens, color=color, lw=lw, ls=style, label=name)
             peak = max(peak, float(dens.max()))
             seen = x[dens >= VISIBLE * dens.max()]
             lo = float(seen[0]) if lo is None else min(lo, float(seen[0]))
