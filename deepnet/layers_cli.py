@@ -119,13 +119,16 @@ def _value_axis(ax: Any, which: str, values: np.ndarray) -> None:
         plain_log_ticks(getattr(ax, f"{which}axis"))
 
 
-def _above_zero(values: np.ndarray, rtol: float) -> np.ndarray:
-    """Mask of ``values / values[0] > rtol`` (finite): what a log axis of the
-    descending ``values`` relative to the largest shows."""
+def _above_zero(values: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """What a log axis of the descending ``values`` relative to the largest shows:
+    ``(k, values_k / values_1, hidden)`` for the finite ``values_k > rtol values_1``
+    (``k`` from 1) and the count ``hidden`` of the others (numerical zeros)."""
     values = np.asarray(values, dtype=np.float64)
     if not values.size or not values[0] > 0:
-        return np.zeros(values.shape, dtype=bool)
-    return np.isfinite(values) & (values > rtol * values[0])
+        return np.zeros(0, dtype=int), np.zeros(0), values.size
+    keep = np.isfinite(values) & (values > rtol * values[0])
+    rel = values[keep] / values[0]
+    return np.arange(1, values.size + 1)[keep], rel, int(values.size - keep.sum())
 
 
 def _zeros_note(counts: dict[str, tuple[int, int]], rtol: float) -> str:
@@ -177,10 +180,9 @@ def spectra_figure(sep: SeparationWithDepth, title: str = "", zero_rtol: float =
     for ax, which in zip(axes, ("features", "errors")):
         counts, drawn = {}, []
         for colour, (name, layer) in zip(colours, sep.layers.items()):
-            lam = np.asarray(getattr(layer, which).eigenvalues, dtype=np.float64)
-            keep = _above_zero(lam, zero_rtol)
-            counts[name] = (int(lam.size - keep.sum()), lam.size)
-            k, rel = np.arange(1, lam.size + 1)[keep], lam[keep] / lam[0] if keep.any() else lam[keep]
+            lam = getattr(layer, which).eigenvalues
+            k, rel, hidden = _above_zero(lam, zero_rtol)
+            counts[name] = (hidden, len(lam))
             ax.plot(k, rel, color=colour, lw=1, label=name)
             ax.plot(k[k <= C], rel[k <= C], "o", color=colour, ms=3)
             drawn.append(rel)
@@ -225,11 +227,9 @@ def weights_figure(weights: WeightStructure, num_classes: int, title: str = "", 
     colours = colormaps["viridis"](np.linspace(0, 1, max(len(weights.layers), 2)))
     counts, drawn = {}, []
     for colour, (name, layer) in zip(colours, weights.layers.items()):
-        s = np.asarray(layer.singular_values, dtype=np.float64)
-        keep = _above_zero(s, zero_rtol)
-        counts[name] = (int(s.size - keep.sum()), s.size)
-        rel = s[keep] / s[0] if keep.any() else s[keep]
-        ax.plot(np.arange(1, s.size + 1)[keep], rel, color=colour, lw=1, label=name)
+        k, rel, hidden = _above_zero(layer.singular_values, zero_rtol)
+        counts[name] = (hidden, len(layer.singular_values))
+        ax.plot(k, rel, color=colour, lw=1, label=name)
         drawn.append(rel)
     ax.axvline(num_classes, color="grey", ls=":", lw=1, label=f"$k = C$ = {num_classes}")
     _value_axis(ax, "x", np.array([1.0, max([n for _, n in counts.values()] + [num_classes])]))
